@@ -1,0 +1,3 @@
+"""CrashChat Platform: train, evaluate and serve CrashChat on Ray."""
+
+__version__ = "0.1.0"

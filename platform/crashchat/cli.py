@@ -1,0 +1,132 @@
+"""The ``crashchat`` command line. Thin: parse arguments, call the library, report."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="CrashChat Platform: train, evaluate and serve CrashChat on Ray.")
+data_app = typer.Typer(no_args_is_help=True, help="Annotation files and synthetic data.")
+model_app = typer.Typer(no_args_is_help=True, help="Models: the tiny VideoLLaMA3 kit.")
+app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
+
+console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@data_app.command("validate")
+def data_validate(
+    paths: Annotated[list[Path], typer.Argument(help="Annotation files or folders of them.")],
+    video_root: Annotated[Path | None, typer.Option(help="Check that every referenced video exists under this folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Validate annotation files; exit 0 only when every file is valid."""
+    from crashchat.data.validation import validate_paths
+
+    report, _ = validate_paths(list(paths), video_root=video_root)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        table = Table(title="Records per task")
+        table.add_column("task")
+        table.add_column("records", justify="right")
+        for task, n in report.to_json()["per_task"].items():
+            table.add_row(task, str(n))
+        Console().print(table)
+        for issue in report.errors[:200]:
+            console.print(f"[red]✗[/red] {issue}", highlight=False, soft_wrap=True)
+        if len(report.errors) > 200:
+            console.print(f"... {len(report.errors) - 200} more problems (use --json for all)")
+        status = "[green]valid[/green]" if report.valid else f"[red]{len(report.errors)} problem(s)[/red]"
+        console.print(f"{report.files} file(s), {report.records} record(s): {status}")
+    raise typer.Exit(0 if report.valid else 1)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Output folder (videos/ and annotation files).")],
+    videos: Annotated[int | None, typer.Option(help="Number of clips.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML with a SynthConfig.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: key=value.")] = None,
+) -> None:
+    """Generate synthetic crash clips (mp4) and CrashChat-format annotations."""
+    from crashchat.config import ConfigError, SynthConfig, apply_overrides, load_config
+    from crashchat.data.synth import generate_dataset
+
+    overrides = list(set_ or [])
+    if videos is not None:
+        overrides.append(f"videos={videos}")
+    if seed is not None:
+        overrides.append(f"seed={seed}")
+    try:
+        cfg = load_config(config, SynthConfig, overrides) if config else SynthConfig.model_validate(apply_overrides({}, overrides))
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    start = time.perf_counter()
+    with Progress(TextColumn("synthesising"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("clips", total=cfg.videos)
+        result = generate_dataset(out, cfg, on_clip=lambda _s: bar.advance(task))
+    summary = result.summary() | {"seconds": round(time.perf_counter() - start, 2)}
+    print(json.dumps(summary, indent=2))
+
+
+@model_app.command("tiny")
+def model_tiny(
+    out: Annotated[Path, typer.Option(help="Output directory (a Hugging Face model folder).")],
+    config: Annotated[Path | None, typer.Option(help="YAML with a TinyModelConfig.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: key=value.")] = None,
+    text: Annotated[list[Path] | None, typer.Option(help="Extra annotation files whose text trains the tokenizer.")] = None,
+) -> None:
+    """Build a random tiny VideoLLaMA3 with an offline-trained tokenizer and the real processors."""
+    from crashchat.config import ConfigError, TinyModelConfig, apply_overrides, load_config
+    from crashchat.data.synth.labels import all_label_text
+    from crashchat.data.validation import load_annotations
+    from crashchat.models.tiny import build_tiny_model
+
+    try:
+        cfg = load_config(config, TinyModelConfig, set_) if config else TinyModelConfig.model_validate(apply_overrides({}, list(set_ or [])))
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    texts = all_label_text()
+    if text:
+        for f in load_annotations(list(text)):
+            texts += [t for s in f.samples for t in (s.prompt, s.answer)]
+    path = build_tiny_model(out, cfg, texts)
+    meta = json.loads((path / "crashchat_model.json").read_text())
+    print(json.dumps({"out": str(path), "parameters": meta["parameters"], "frame_size": cfg.frame_size}, indent=2))
+
+
+@app.command("version")
+def version() -> None:
+    """Print the platform version."""
+    from crashchat import __version__
+
+    print(__version__)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

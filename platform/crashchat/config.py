@@ -1,0 +1,126 @@
+"""The platform's typed configuration tree.
+
+Every section is a pydantic model with ``extra="forbid"`` so a misspelt key fails loudly with its
+path. YAML files load through :func:`load_config`; ``--set key.sub=value`` overrides go through
+:func:`apply_overrides`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(StrictModel):
+    """Synthetic crash-video generation (``crashchat data synth``)."""
+
+    videos: int = Field(60, ge=1, description="Number of clips to generate.")
+    seed: int = Field(0, description="Random seed; the same seed gives the same dataset.")
+    width: int = Field(112, ge=32, le=1024, multiple_of=2, description="Frame width in pixels (even).")
+    height: int = Field(112, ge=32, le=1024, multiple_of=2, description="Frame height in pixels (even).")
+    fps: int = Field(10, ge=1, le=60, description="Frame rate of the written mp4 files.")
+    min_duration: float = Field(3.0, gt=0, description="Shortest clip, seconds.")
+    max_duration: float = Field(5.0, gt=0, description="Longest clip, seconds.")
+    normal_fraction: float = Field(1 / 3, ge=0, le=1, description="Share of clips without a crash.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of clips in the val split.")
+    test_fraction: float = Field(0.1, ge=0, lt=1, description="Share of clips in the test split.")
+    dataset: str = Field("synth", pattern=r"^[a-z0-9]+$", description="Dataset part of file names.")
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> SynthConfig:
+        if self.max_duration < self.min_duration:
+            raise ValueError("max_duration must be >= min_duration")
+        if self.min_duration < 2.5:
+            raise ValueError("min_duration must be >= 2.5 s to fit cue, crash and rest")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave clips for training")
+        return self
+
+
+class TinyModelConfig(StrictModel):
+    """Size of the randomly initialised tiny VideoLLaMA3 (``crashchat model tiny``)."""
+
+    text_hidden_size: int = Field(64, ge=8, description="Qwen2 hidden size.")
+    text_layers: int = Field(2, ge=1, description="Qwen2 decoder layers.")
+    text_heads: int = Field(4, ge=1, description="Attention heads.")
+    text_kv_heads: int = Field(2, ge=1, description="Key/value heads (GQA).")
+    text_intermediate_size: int = Field(128, ge=8, description="MLP width.")
+    vision_hidden_size: int = Field(32, ge=8, description="Vision encoder hidden size.")
+    vision_layers: int = Field(2, ge=1, description="Vision encoder layers.")
+    vision_heads: int = Field(2, ge=1, description="Vision attention heads.")
+    vision_intermediate_size: int = Field(64, ge=8, description="Vision MLP width.")
+    vocab_size: int = Field(1024, ge=300, description="BPE vocabulary size (incl. special tokens).")
+    frame_size: int = Field(56, ge=28, multiple_of=28, description="Frames are resized to this square size (pixels, multiple of 28).")
+    use_token_compression: bool = Field(False, description="VideoLLaMA3 token compression of static patches (upstream: on). Off keeps the video-token count fixed per frame.")
+    seed: int = Field(0, description="Initialisation seed.")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> TinyModelConfig:
+        if self.text_hidden_size % self.text_heads or self.text_heads % self.text_kv_heads:
+            raise ValueError("text_hidden_size must divide by text_heads, and text_heads by text_kv_heads")
+        if self.vision_hidden_size % self.vision_heads:
+            raise ValueError("vision_hidden_size must divide by vision_heads")
+        return self
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and the key path."""
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  - {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, model: type[M], overrides: list[str] | None = None) -> M:
+    """Load ``path`` (YAML) into ``model``, applying ``key.sub=value`` overrides first.
+
+    Raises:
+        ConfigError: naming the file and every invalid key.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, str(path))) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars) to a nested dict."""
+    out = dict(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
