@@ -13,7 +13,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="CrashChat Platform: train, evaluate and serve CrashChat on Ray.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="CrashChat Platform: train, evaluate and serve CrashChat on Ray.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Annotation files and synthetic data.")
 model_app = typer.Typer(no_args_is_help=True, help="Models: the tiny VideoLLaMA3 kit.")
 app.add_typer(data_app, name="data")
@@ -30,8 +34,13 @@ def _fail(message: str, code: int = 2) -> None:
 @data_app.command("validate")
 def data_validate(
     paths: Annotated[list[Path], typer.Argument(help="Annotation files or folders of them.")],
-    video_root: Annotated[Path | None, typer.Option(help="Check that every referenced video exists under this folder.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    video_root: Annotated[
+        Path | None,
+        typer.Option(help="Check that every referenced video exists under this folder."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
+    ] = False,
 ) -> None:
     """Validate annotation files; exit 0 only when every file is valid."""
     from crashchat.data.validation import validate_paths
@@ -50,7 +59,11 @@ def data_validate(
             console.print(f"[red]✗[/red] {issue}", highlight=False, soft_wrap=True)
         if len(report.errors) > 200:
             console.print(f"... {len(report.errors) - 200} more problems (use --json for all)")
-        status = "[green]valid[/green]" if report.valid else f"[red]{len(report.errors)} problem(s)[/red]"
+        status = (
+            "[green]valid[/green]"
+            if report.valid
+            else f"[red]{len(report.errors)} problem(s)[/red]"
+        )
         console.print(f"{report.files} file(s), {report.records} record(s): {status}")
     raise typer.Exit(0 if report.valid else 1)
 
@@ -61,7 +74,9 @@ def data_synth(
     videos: Annotated[int | None, typer.Option(help="Number of clips.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML with a SynthConfig.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: key=value.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: key=value.")
+    ] = None,
 ) -> None:
     """Generate synthetic crash clips (mp4) and CrashChat-format annotations."""
     from crashchat.config import ConfigError, SynthConfig, apply_overrides, load_config
@@ -73,12 +88,23 @@ def data_synth(
     if seed is not None:
         overrides.append(f"seed={seed}")
     try:
-        cfg = load_config(config, SynthConfig, overrides) if config else SynthConfig.model_validate(apply_overrides({}, overrides))
+        cfg = (
+            load_config(config, SynthConfig, overrides)
+            if config
+            else SynthConfig.model_validate(apply_overrides({}, overrides))
+        )
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
         return
     start = time.perf_counter()
-    with Progress(TextColumn("synthesising"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("synthesising"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("clips", total=cfg.videos)
         result = generate_dataset(out, cfg, on_clip=lambda _s: bar.advance(task))
     summary = result.summary() | {"seconds": round(time.perf_counter() - start, 2)}
@@ -89,8 +115,13 @@ def data_synth(
 def model_tiny(
     out: Annotated[Path, typer.Option(help="Output directory (a Hugging Face model folder).")],
     config: Annotated[Path | None, typer.Option(help="YAML with a TinyModelConfig.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: key=value.")] = None,
-    text: Annotated[list[Path] | None, typer.Option(help="Extra annotation files whose text trains the tokenizer.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: key=value.")
+    ] = None,
+    text: Annotated[
+        list[Path] | None,
+        typer.Option(help="Extra annotation files whose text trains the tokenizer."),
+    ] = None,
 ) -> None:
     """Build a random tiny VideoLLaMA3 with an offline-trained tokenizer and the real processors."""
     from crashchat.config import ConfigError, TinyModelConfig, apply_overrides, load_config
@@ -99,7 +130,11 @@ def model_tiny(
     from crashchat.models.tiny import build_tiny_model
 
     try:
-        cfg = load_config(config, TinyModelConfig, set_) if config else TinyModelConfig.model_validate(apply_overrides({}, list(set_ or [])))
+        cfg = (
+            load_config(config, TinyModelConfig, set_)
+            if config
+            else TinyModelConfig.model_validate(apply_overrides({}, list(set_ or [])))
+        )
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
         return
@@ -109,7 +144,12 @@ def model_tiny(
             texts += [t for s in f.samples for t in (s.prompt, s.answer)]
     path = build_tiny_model(out, cfg, texts)
     meta = json.loads((path / "crashchat_model.json").read_text())
-    print(json.dumps({"out": str(path), "parameters": meta["parameters"], "frame_size": cfg.frame_size}, indent=2))
+    print(
+        json.dumps(
+            {"out": str(path), "parameters": meta["parameters"], "frame_size": cfg.frame_size},
+            indent=2,
+        )
+    )
 
 
 @app.command("version")

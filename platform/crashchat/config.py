@@ -25,8 +25,12 @@ class SynthConfig(StrictModel):
 
     videos: int = Field(60, ge=1, description="Number of clips to generate.")
     seed: int = Field(0, description="Random seed; the same seed gives the same dataset.")
-    width: int = Field(112, ge=32, le=1024, multiple_of=2, description="Frame width in pixels (even).")
-    height: int = Field(112, ge=32, le=1024, multiple_of=2, description="Frame height in pixels (even).")
+    width: int = Field(
+        112, ge=32, le=1024, multiple_of=2, description="Frame width in pixels (even)."
+    )
+    height: int = Field(
+        112, ge=32, le=1024, multiple_of=2, description="Frame height in pixels (even)."
+    )
     fps: int = Field(10, ge=1, le=60, description="Frame rate of the written mp4 files.")
     min_duration: float = Field(3.0, gt=0, description="Shortest clip, seconds.")
     max_duration: float = Field(5.0, gt=0, description="Longest clip, seconds.")
@@ -59,14 +63,24 @@ class TinyModelConfig(StrictModel):
     vision_heads: int = Field(2, ge=1, description="Vision attention heads.")
     vision_intermediate_size: int = Field(64, ge=8, description="Vision MLP width.")
     vocab_size: int = Field(1024, ge=300, description="BPE vocabulary size (incl. special tokens).")
-    frame_size: int = Field(56, ge=28, multiple_of=28, description="Frames are resized to this square size (pixels, multiple of 28).")
-    use_token_compression: bool = Field(False, description="VideoLLaMA3 token compression of static patches (upstream: on). Off keeps the video-token count fixed per frame.")
+    frame_size: int = Field(
+        56,
+        ge=28,
+        multiple_of=28,
+        description="Frames are resized to this square size (pixels, multiple of 28).",
+    )
+    use_token_compression: bool = Field(
+        False,
+        description="VideoLLaMA3 token compression of static patches (upstream: on). Off keeps the video-token count fixed per frame.",
+    )
     seed: int = Field(0, description="Initialisation seed.")
 
     @model_validator(mode="after")
     def _check_heads(self) -> TinyModelConfig:
         if self.text_hidden_size % self.text_heads or self.text_heads % self.text_kv_heads:
-            raise ValueError("text_hidden_size must divide by text_heads, and text_heads by text_kv_heads")
+            raise ValueError(
+                "text_hidden_size must divide by text_heads, and text_heads by text_kv_heads"
+            )
         if self.vision_hidden_size % self.vision_heads:
             raise ValueError("vision_hidden_size must divide by vision_heads")
         return self

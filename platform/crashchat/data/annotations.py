@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -79,7 +78,8 @@ def parse_file_name(path: str | Path) -> FileNameInfo:
         split = parts.pop()
     rest = "_".join(parts)
     candidates = sorted(
-        list(FILE_NAME_TO_TASK) + list(GROUP_FILE_NAMES) + list(_FILE_NAME_ALIASES), key=len,
+        list(FILE_NAME_TO_TASK) + list(GROUP_FILE_NAMES) + list(_FILE_NAME_ALIASES),
+        key=len,
         reverse=True,
     )
     for name in candidates:
@@ -169,7 +169,9 @@ def read_json_list(path: str | Path) -> list[Any]:
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise ValueError(
+            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data

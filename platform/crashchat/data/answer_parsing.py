@@ -16,7 +16,9 @@ _NUMBER = r"\d+(?:\.\d+)?"
 _NUMBER_RE = re.compile(_NUMBER)
 _RANGE_RE = re.compile(rf"({_NUMBER})\s*-\s*({_NUMBER})")
 
-_STRICT_INTERVAL_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)\s*seconds?\s*\.?\s*$")
+_STRICT_INTERVAL_RE = re.compile(
+    r"^\s*(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)\s*seconds?\s*\.?\s*$"
+)
 _STRICT_TIMESTAMP_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*seconds?\s*\.?\s*$")
 
 

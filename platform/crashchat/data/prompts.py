@@ -20,7 +20,10 @@ VIDEO_TAG = "<video>"
 # timestamps"), prevention and cause before description (their prompts also say "describe").
 _KEYWORD_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("crash_localization", re.compile(r"time range|start and end|start - end", re.I)),
-    ("pre_crash_localization", re.compile(r"first (visible )?(sign|cue)|pre-crash|early crash cue|moment when", re.I)),
+    (
+        "pre_crash_localization",
+        re.compile(r"first (visible )?(sign|cue)|pre-crash|early crash cue|moment when", re.I),
+    ),
     ("crash_recognition", re.compile(r"'?yes'? or '?no'?", re.I)),
     ("prevention_reasoning", re.compile(r"prevent", re.I)),
     ("causal_reasoning", re.compile(r"\bcause", re.I)),

@@ -49,18 +49,46 @@ class Task:
 TASKS: dict[str, Task] = {
     t.key: t
     for t in (
-        Task("crash_recognition", "crash_recognition", AnswerKind.BINARY, LINGUISTIC,
-             "Crash recognition"),
-        Task("crash_description", "crash_description", AnswerKind.TEXT, LINGUISTIC,
-             "Crash description"),
-        Task("causal_reasoning", "cause_reasoning", AnswerKind.TEXT, LINGUISTIC,
-             "Causal reasoning"),
-        Task("prevention_reasoning", "prevention_reasoning", AnswerKind.TEXT, LINGUISTIC,
-             "Prevention reasoning"),
-        Task("pre_crash_localization", "pre_crash_localization", AnswerKind.TIMESTAMP, PERCEPTION,
-             "Pre-crash localization", crash_only=True),
-        Task("crash_localization", "crash_localization", AnswerKind.INTERVAL, PERCEPTION,
-             "Crash localization", crash_only=True),
+        Task(
+            "crash_recognition",
+            "crash_recognition",
+            AnswerKind.BINARY,
+            LINGUISTIC,
+            "Crash recognition",
+        ),
+        Task(
+            "crash_description",
+            "crash_description",
+            AnswerKind.TEXT,
+            LINGUISTIC,
+            "Crash description",
+        ),
+        Task(
+            "causal_reasoning", "cause_reasoning", AnswerKind.TEXT, LINGUISTIC, "Causal reasoning"
+        ),
+        Task(
+            "prevention_reasoning",
+            "prevention_reasoning",
+            AnswerKind.TEXT,
+            LINGUISTIC,
+            "Prevention reasoning",
+        ),
+        Task(
+            "pre_crash_localization",
+            "pre_crash_localization",
+            AnswerKind.TIMESTAMP,
+            PERCEPTION,
+            "Pre-crash localization",
+            crash_only=True,
+        ),
+        Task(
+            "crash_localization",
+            "crash_localization",
+            AnswerKind.INTERVAL,
+            PERCEPTION,
+            "Crash localization",
+            crash_only=True,
+        ),
     )
 }
 

@@ -116,8 +116,13 @@ def check_video_path(video: str, video_root: Path | None) -> str | None:
 
 
 def _check_record(
-    raw: Any, index: int, file: str, file_task: str | None, catalog: PromptCatalog,
-    video_root: Path | None, split: str,
+    raw: Any,
+    index: int,
+    file: str,
+    file_task: str | None,
+    catalog: PromptCatalog,
+    video_root: Path | None,
+    split: str,
 ) -> tuple[Sample | None, list[Issue]]:
     def issue(fld: str | None, msg: str) -> Issue:
         return Issue(file, index, fld, msg)
@@ -132,10 +137,17 @@ def _check_record(
     issues: list[Issue] = []
     turns = rec.conversations
     if len(turns) != 2:
-        issues.append(issue("conversations", f"expected exactly 2 turns [human, gpt], got {len(turns)}"))
+        issues.append(
+            issue("conversations", f"expected exactly 2 turns [human, gpt], got {len(turns)}")
+        )
     for i, expected in enumerate(("human", "gpt")):
         if i < len(turns) and turns[i].from_ != expected:
-            issues.append(issue(f"conversations[{i}].from", f"expected role {expected!r}, got {turns[i].from_!r}"))
+            issues.append(
+                issue(
+                    f"conversations[{i}].from",
+                    f"expected role {expected!r}, got {turns[i].from_!r}",
+                )
+            )
     if len(rec.video) != 1:
         issues.append(issue("video", f"expected exactly one video, got {len(rec.video)}"))
     for i, video in enumerate(rec.video):
@@ -145,9 +157,16 @@ def _check_record(
         return None, issues
     human = turns[0].value
     if VIDEO_TAG not in human:
-        issues.append(issue("conversations[0].value", f"missing the {VIDEO_TAG} tag in the human turn"))
+        issues.append(
+            issue("conversations[0].value", f"missing the {VIDEO_TAG} tag in the human turn")
+        )
     elif human.count(VIDEO_TAG) != len(rec.video):
-        issues.append(issue("conversations[0].value", f"{human.count(VIDEO_TAG)} {VIDEO_TAG} tags for {len(rec.video)} video(s)"))
+        issues.append(
+            issue(
+                "conversations[0].value",
+                f"{human.count(VIDEO_TAG)} {VIDEO_TAG} tags for {len(rec.video)} video(s)",
+            )
+        )
 
     task = file_task or catalog.task_for(human)
     if task is None:
@@ -161,7 +180,9 @@ def _check_record(
         issues.append(issue("conversations[1].value", f"{task} answer: {msg}"))
     if issues:
         return None, issues
-    sample = Sample(task, strip_video_tag(human), answer.strip(), rec.video[0], rec.source, file, index, split)
+    sample = Sample(
+        task, strip_video_tag(human), answer.strip(), rec.video[0], rec.source, file, index, split
+    )
     return sample, []
 
 
@@ -172,13 +193,21 @@ def _check_prompts(samples: list[Sample], file: str) -> list[Issue]:
     for s in samples:
         ref = first.setdefault(s.task, s)
         if s.prompt != ref.prompt:
-            issues.append(Issue(file, s.index, "conversations[0].value",
-                                f"{s.task} prompt differs from the one in record {ref.index}"))
+            issues.append(
+                Issue(
+                    file,
+                    s.index,
+                    "conversations[0].value",
+                    f"{s.task} prompt differs from the one in record {ref.index}",
+                )
+            )
     return issues
 
 
 def validate_file(
-    path: Path, video_root: Path | None = None, catalog: PromptCatalog | None = None,
+    path: Path,
+    video_root: Path | None = None,
+    catalog: PromptCatalog | None = None,
 ) -> tuple[AnnotationFile | None, list[Issue]]:
     """Validate one file; returns the loaded file only when it has no issue."""
     file = str(path)
@@ -218,7 +247,8 @@ def _learn_catalog(paths: list[Path]) -> PromptCatalog:
 
 
 def validate_paths(
-    paths: list[str | Path], video_root: str | Path | None = None,
+    paths: list[str | Path],
+    video_root: str | Path | None = None,
     catalog: PromptCatalog | None = None,
 ) -> tuple[ValidationReport, list[AnnotationFile]]:
     """Validate files and folders of annotation files.
@@ -252,7 +282,8 @@ def validate_paths(
 
 
 def load_annotations(
-    paths: list[str | Path], video_root: str | Path | None = None,
+    paths: list[str | Path],
+    video_root: str | Path | None = None,
     catalog: PromptCatalog | None = None,
 ) -> list[AnnotationFile]:
     """Load annotation files, all or nothing.

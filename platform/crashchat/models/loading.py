@@ -80,10 +80,14 @@ def load_model(
     attn = select_attention() if attention == "auto" else attention
     # trust_remote_code stays off: only the native transformers implementation is ever run.
     model = AutoModelForImageTextToText.from_pretrained(
-        src, dtype=torch_dtype, attn_implementation=attn, trust_remote_code=False,
+        src,
+        dtype=torch_dtype,
+        attn_implementation=attn,
+        trust_remote_code=False,
     )
     processor = AutoProcessor.from_pretrained(src, trust_remote_code=False)
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(target)  # type: ignore[arg-type]  # transformers' stub types .to() oddly
     model.eval()
     meta_path = path / PLATFORM_META
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}

@@ -29,13 +29,24 @@ from crashchat.models.tokenizer import train_tokenizer
 PLATFORM_META = "crashchat_model.json"
 
 
-def build_processor(tokenizer: PreTrainedTokenizerFast, cfg: TinyModelConfig) -> VideoLlama3Processor:
+def _token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(token_id, int):
+        raise ValueError(f"tokenizer has no single id for {token!r}")
+    return token_id
+
+
+def build_processor(
+    tokenizer: PreTrainedTokenizerFast, cfg: TinyModelConfig
+) -> VideoLlama3Processor:
     """A real VideoLLaMA3 processor sized for ``cfg.frame_size`` frames."""
     px = cfg.frame_size * cfg.frame_size
     # longest_edge is a whole-video pixel budget (VideoLLaMA3 divides it by the frame count):
     # allow frame_size frames for up to 180 frames, never upscale below 28x28.
     size = {"shortest_edge": 28 * 28, "longest_edge": px * 180}
-    video_processor = VideoLlama3VideoProcessor(size=size, use_token_compression=cfg.use_token_compression)
+    video_processor = VideoLlama3VideoProcessor(
+        size=size, use_token_compression=cfg.use_token_compression
+    )
     image_processor = VideoLlama3ImageProcessor(min_pixels=28 * 28, max_pixels=px)
     return VideoLlama3Processor(
         image_processor=image_processor,
@@ -45,7 +56,9 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, cfg: TinyModelConfig) ->
     )
 
 
-def build_tiny_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> VideoLlama3Config:
+def build_tiny_config(
+    cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast
+) -> VideoLlama3Config:
     """The VideoLLaMA3 config of the tiny model."""
     text = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -57,7 +70,7 @@ def build_tiny_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) 
         max_position_embeddings=4096,
         tie_word_embeddings=False,
         bos_token_id=None,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        eos_token_id=_token_id(tokenizer, "<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,
     )
     vision = VideoLlama3VisionConfig(
@@ -70,13 +83,15 @@ def build_tiny_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) 
     return VideoLlama3Config(
         text_config=text.to_dict(),
         vision_config=vision.to_dict(),
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        image_token_id=_token_id(tokenizer, "<|image_pad|>"),
+        video_token_id=_token_id(tokenizer, "<|video_pad|>"),
     )
 
 
 def build_tiny_model(
-    out: str | Path, cfg: TinyModelConfig, texts: Iterable[str],
+    out: str | Path,
+    cfg: TinyModelConfig,
+    texts: Iterable[str],
 ) -> Path:
     """Train the tokenizer on ``texts``, build the random model and processor, save to ``out``.
 
@@ -90,11 +105,15 @@ def build_tiny_model(
     config = build_tiny_config(cfg, tokenizer)
     torch.manual_seed(cfg.seed)
     model = VideoLlama3ForConditionalGeneration(config)
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.eos_token_id = _token_id(tokenizer, "<|im_end|>")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    meta = {"kind": "tiny", "frame_size": cfg.frame_size, "tiny_config": cfg.model_dump(),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    meta = {
+        "kind": "tiny",
+        "frame_size": cfg.frame_size,
+        "tiny_config": cfg.model_dump(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     (out / PLATFORM_META).write_text(json.dumps(meta, indent=2) + "\n")
     return out

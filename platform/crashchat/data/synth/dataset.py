@@ -48,8 +48,15 @@ def _split_ids(rng: random.Random, ids: list[str], cfg: SynthConfig) -> dict[str
     n_test = round(len(ids) * cfg.test_fraction)
     n_val = round(len(ids) * cfg.val_fraction)
     if len(ids) >= 3:  # keep every split populated when there is anything to split
-        n_test, n_val = max(n_test, 1 if cfg.test_fraction else 0), max(n_val, 1 if cfg.val_fraction else 0)
-    return {"test": ids[:n_test], "val": ids[n_test:n_test + n_val], "train": ids[n_test + n_val:]}
+        n_test, n_val = (
+            max(n_test, 1 if cfg.test_fraction else 0),
+            max(n_val, 1 if cfg.val_fraction else 0),
+        )
+    return {
+        "test": ids[:n_test],
+        "val": ids[n_test : n_test + n_val],
+        "train": ids[n_test + n_val :],
+    }
 
 
 def plan_scenes(cfg: SynthConfig) -> list[Scene]:
@@ -68,7 +75,9 @@ def plan_scenes(cfg: SynthConfig) -> list[Scene]:
 
 
 def generate_dataset(
-    out: str | Path, cfg: SynthConfig, on_clip: Callable[[Scene], None] | None = None,
+    out: str | Path,
+    cfg: SynthConfig,
+    on_clip: Callable[[Scene], None] | None = None,
 ) -> SynthResult:
     """Write ``out/videos/*.mp4`` and the annotation files for all tasks, groups and splits.
 
@@ -101,14 +110,24 @@ def generate_dataset(
             scene = by_id[clip_id]
             source = SOURCE_CRASH if scene.crash else SOURCE_NORMAL
             for task, answer in answers_for(scene).items():
-                per_task[task].append(make_record(f"videos/{clip_id}.mp4", PROMPTS[task], answer, source))
+                per_task[task].append(
+                    make_record(f"videos/{clip_id}.mp4", PROMPTS[task], answer, source)
+                )
         for task, records in per_task.items():
             if records:
-                result.files.append(write_annotation_file(out / annotation_file_name(cfg.dataset, task, split), records))
+                result.files.append(
+                    write_annotation_file(
+                        out / annotation_file_name(cfg.dataset, task, split), records
+                    )
+                )
         for group, tasks in [*GROUPS.items(), (HETEROGENEOUS, TASK_KEYS)]:
             records = [r for t in tasks for r in per_task[t]]
             if records:
-                result.files.append(write_annotation_file(out / annotation_file_name(cfg.dataset, group, split), records))
+                result.files.append(
+                    write_annotation_file(
+                        out / annotation_file_name(cfg.dataset, group, split), records
+                    )
+                )
     PromptCatalog(PROMPTS).save(out / "prompts.json")
     (out / "synth_config.json").write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
     return result

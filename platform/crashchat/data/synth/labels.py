@@ -84,7 +84,9 @@ def answers_for(scene: Scene) -> dict[str, str]:
             "prevention_reasoning": NO_PREVENTION,
         }
     assert scene.subject and scene.obj and scene.cause
-    assert scene.cue_time is not None and scene.crash_start is not None and scene.crash_end is not None
+    assert (
+        scene.cue_time is not None and scene.crash_start is not None and scene.crash_end is not None
+    )
     s, o = scene.subject, scene.obj
     return {
         "crash_recognition": "Yes",
@@ -100,7 +102,7 @@ def all_label_text() -> list[str]:
     """Every sentence the generator can emit (used to train the tiny tokenizer)."""
     from crashchat.data.synth.scenario import ACTOR_KINDS, CAUSES
 
-    texts = list(PROMPTS.values()) + [NO_COLLISION, NO_CAUSE, NO_PREVENTION, "Yes", "No"]
+    texts = [*list(PROMPTS.values()), NO_COLLISION, NO_CAUSE, NO_PREVENTION, "Yes", "No"]
     for s in ACTOR_KINDS:
         for o in ACTOR_KINDS:
             texts.append(f"{s} hits {_article(o)} {o}")

@@ -32,10 +32,12 @@ ACTOR_STYLE: dict[str, tuple[tuple[float, float], tuple[int, int, int]]] = {
 }
 
 
-def _fill(img: np.ndarray, x0: float, y0: float, x1: float, y1: float, color: tuple[int, int, int]) -> None:
+def _fill(
+    img: np.ndarray, x0: float, y0: float, x1: float, y1: float, color: tuple[int, int, int]
+) -> None:
     h, w = img.shape[:2]
-    c0, c1 = max(0, int(round(x0 * w))), min(w, int(round(x1 * w)))
-    r0, r1 = max(0, int(round(y0 * h))), min(h, int(round(y1 * h)))
+    c0, c1 = max(0, round(x0 * w)), min(w, round(x1 * w))
+    r0, r1 = max(0, round(y0 * h)), min(h, round(y1 * h))
     if c1 > c0 and r1 > r0:
         img[r0:r1, c0:c1] = color
 
@@ -73,14 +75,18 @@ def _draw_actor(img: np.ndarray, track: Track, t: float) -> None:
     _fill(img, x - half_w, y - half_h, x + half_w, y + half_h, color)
 
 
-def render_frame(scene: Scene, t: float, width: int, height: int, background: np.ndarray | None = None) -> np.ndarray:
+def render_frame(
+    scene: Scene, t: float, width: int, height: int, background: np.ndarray | None = None
+) -> np.ndarray:
     """The RGB frame (H, W, 3, uint8) of ``scene`` at time ``t`` seconds."""
-    img = (background if background is not None else _background(width, height, scene.light_red)).copy()
-    if scene.crash and scene.crash_start is not None and scene.crash_end is not None:
-        if scene.crash_start <= t < scene.crash_end:
-            sx, sy = scene.tracks[0].position(t)
-            ox, oy = scene.tracks[1].position(t)
-            _disk(img, (sx + ox) / 2, (sy + oy) / 2, 0.14, BURST)
+    img = (
+        background if background is not None else _background(width, height, scene.light_red)
+    ).copy()
+    start, end = scene.crash_start, scene.crash_end
+    if scene.crash and start is not None and end is not None and start <= t < end:
+        sx, sy = scene.tracks[0].position(t)
+        ox, oy = scene.tracks[1].position(t)
+        _disk(img, (sx + ox) / 2, (sy + oy) / 2, 0.14, BURST)
     for track in scene.tracks:
         _draw_actor(img, track, t)
     return img
@@ -88,7 +94,7 @@ def render_frame(scene: Scene, t: float, width: int, height: int, background: np
 
 def render_frames(scene: Scene, fps: int, width: int, height: int) -> np.ndarray:
     """All frames of the clip, shape (T, H, W, 3)."""
-    n = int(round(scene.duration * fps))
+    n = round(scene.duration * fps)
     bg = _background(width, height, scene.light_red)
     return np.stack([render_frame(scene, i / fps, width, height, bg) for i in range(n)])
 

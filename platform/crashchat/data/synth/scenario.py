@@ -11,6 +11,7 @@ Coordinates are fractions of the frame (x right, y down); times are seconds on t
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ class Track:
         keys = self.keys
         if t <= keys[0][0]:
             return keys[0][1], keys[0][2]
-        for (t0, x0, y0), (t1, x1, y1) in zip(keys, keys[1:], strict=False):
+        for (t0, x0, y0), (t1, x1, y1) in itertools.pairwise(keys):
             if t <= t1:
                 a = (t - t0) / (t1 - t0) if t1 > t0 else 1.0
                 return x0 + a * (x1 - x0), y0 + a * (y1 - y0)
@@ -87,8 +88,12 @@ def _on_grid(t: float, fps: int) -> float:
     return round(round(t * fps) / fps, 1)
 
 
-def _slide(track_keys: list[tuple[float, float, float]], end: float,
-           direction: tuple[float, float], distance: float) -> None:
+def _slide(
+    track_keys: list[tuple[float, float, float]],
+    end: float,
+    direction: tuple[float, float],
+    distance: float,
+) -> None:
     x, y = track_keys[-1][1], track_keys[-1][2]
     track_keys.append((end, x + direction[0] * distance, y + direction[1] * distance))
 
@@ -146,8 +151,13 @@ def sample_crash_scene(rng: random.Random, clip_id: str, duration: float, fps: i
         # Weave: two zig-zag points between the cue and the contact.
         for frac, wob in ((0.33, 0.05), (0.66, -0.05)):
             t = cue + frac * (start - cue)
-            s_keys.append((t, s_cue[0] + frac * (s_contact[0] - s_cue[0]) + wob,
-                           s_cue[1] + frac * (s_contact[1] - s_cue[1])))
+            s_keys.append(
+                (
+                    t,
+                    s_cue[0] + frac * (s_contact[0] - s_cue[0]) + wob,
+                    s_cue[1] + frac * (s_contact[1] - s_cue[1]),
+                )
+            )
     s_keys.append((start, *s_contact))
     slide = rng.uniform(0.04, 0.08)
     _slide(s_keys, end, s_dir, slide)
@@ -159,8 +169,20 @@ def sample_crash_scene(rng: random.Random, clip_id: str, duration: float, fps: i
     if rng.random() < 0.5:
         tracks.append(_bystander(rng, duration, avoid_x=(s_cue[0], o_contact[0])))
     contact = ((s_contact[0] + o_contact[0]) / 2, (s_contact[1] + o_contact[1]) / 2)
-    return Scene(clip_id, duration, True, tracks, cause == "red_light", subject, obj, cause,
-                 cue, start, end, contact)
+    return Scene(
+        clip_id,
+        duration,
+        True,
+        tracks,
+        cause == "red_light",
+        subject,
+        obj,
+        cause,
+        cue,
+        start,
+        end,
+        contact,
+    )
 
 
 def _bystander(rng: random.Random, duration: float, avoid_x: tuple[float, ...] = ()) -> Track:
@@ -180,7 +202,9 @@ def sample_normal_scene(rng: random.Random, clip_id: str, duration: float) -> Sc
         kind = rng.choice(("car", "truck", "motorbike", "cyclist"))
         y0 = rng.uniform(0.7, 1.0)
         speed = rng.uniform(0.05, 0.12)
-        tracks.append(Track(kind, [(0.0, x, y0), (duration + 1.0, x, y0 - speed * (duration + 1.0))]))
+        tracks.append(
+            Track(kind, [(0.0, x, y0), (duration + 1.0, x, y0 - speed * (duration + 1.0))])
+        )
     light_red = rng.random() < 0.3
     if light_red:
         # Vehicles wait at the stop line while the light is red.

@@ -1,0 +1,43 @@
+"""Shared fixtures: a small synthetic dataset and a tiny model, built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_ANNOTATIONS = SHARED / "data" / "crashchat-annotations"
+REAL_CLIPS = SHARED / "data" / "real-clips"
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Nine synthetic clips (6 crash, 3 normal) with all annotation files."""
+    from crashchat.config import SynthConfig
+    from crashchat.data.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    generate_dataset(out, SynthConfig(videos=9, seed=7))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random VideoLLaMA3 saved as a Hugging Face directory."""
+    from crashchat.config import TinyModelConfig
+    from crashchat.data.synth.labels import all_label_text
+    from crashchat.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), TinyModelConfig(), all_label_text())
+
+
+def needs_shared(path: Path) -> pytest.MarkDecorator:
+    """Skip when ../shared (present on developer machines and CI, absent in a user's clone) is missing."""
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} not present")

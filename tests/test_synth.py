@@ -1,0 +1,145 @@
+"""Synthetic clips: deterministic, upstream-named, and labels that follow from the pixels."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import decord
+import numpy as np
+import pytest
+
+from crashchat.config import SynthConfig
+from crashchat.data.synth import generate_dataset, plan_scenes
+from crashchat.data.synth.labels import PROMPTS
+from crashchat.data.tasks import TASKS
+from crashchat.data.validation import load_annotations, validate_paths
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_same_dataset(tmp_path: Path, synth_dir: Path) -> None:
+    again = generate_dataset(tmp_path / "again", SynthConfig(videos=9, seed=7))
+    assert _digest(again.out) == _digest(synth_dir)
+    other = plan_scenes(SynthConfig(videos=9, seed=8))
+    assert [s.clip_id for s in other] != [
+        s.clip_id for s in plan_scenes(SynthConfig(videos=9, seed=7))
+    ] or [s.crash_start for s in other] != [
+        s.crash_start for s in plan_scenes(SynthConfig(videos=9, seed=7))
+    ]
+
+
+def test_files_named_like_upstream_and_valid(synth_dir: Path) -> None:
+    names = {p.name for p in synth_dir.glob("crashchat_*.json")}
+    for split in ("train", "val", "test"):
+        for task in TASKS.values():
+            assert f"crashchat_synth_{task.file_name}_{split}.json" in names
+        for group in ("linguistic_centric", "perception_centric", "heterogeneous"):
+            assert f"crashchat_synth_{group}_{split}.json" in names
+    report, _ = validate_paths([synth_dir], video_root=synth_dir)
+    assert report.valid, report.errors[:5]
+    assert (
+        report.per_task["crash_recognition"] * 2 == report.records // 3 * 2
+        or report.per_task["crash_recognition"] > 0
+    )
+    assert json.loads((synth_dir / "prompts.json").read_text()) == PROMPTS
+
+
+def test_splits_are_disjoint_and_about_a_third_normal(synth_dir: Path) -> None:
+    videos: dict[str, set[str]] = {}
+    answers: list[str] = []
+    for ann in load_annotations([synth_dir]):
+        if ann.info.task == "crash_recognition":
+            videos[ann.info.split] = {s.video for s in ann.samples}
+            answers += [s.answer for s in ann.samples]
+    assert set(videos) == {"train", "val", "test"}
+    assert not (videos["train"] & videos["val"]) and not (videos["train"] & videos["test"])
+    assert answers.count("No") == 3 and answers.count("Yes") == 6
+
+
+BURST_MIN = 60  # pixels of the orange contact burst in a frame
+
+
+def _burst_pixels(frame: np.ndarray) -> int:
+    r, g, b = (frame[..., i].astype(int) for i in range(3))
+    return int(((r > 200) & (g > 50) & (g < 140) & (b < 60)).sum())
+
+
+def _streak_pixels(frame: np.ndarray) -> int:
+    r, g, b = (frame[..., i].astype(int) for i in range(3))
+    return int(((r > 215) & (g > 215) & (b > 110) & (b < 205)).sum())
+
+
+def _answers_by_video(synth_dir: Path) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for ann in load_annotations([synth_dir]):
+        if ann.info.task is None:
+            continue
+        for s in ann.samples:
+            out.setdefault(s.video, {})[s.task] = s.answer
+    return out
+
+
+def test_labels_follow_from_what_is_drawn(synth_dir: Path) -> None:
+    """Decode every clip and find the crash interval and the cue in its pixels."""
+    for video, answers in _answers_by_video(synth_dir).items():
+        vr = decord.VideoReader(str(synth_dir / video), ctx=decord.cpu(0), num_threads=1)
+        fps = vr.get_avg_fps()
+        assert fps == pytest.approx(10.0)
+        frames = vr.get_batch(list(range(len(vr)))).asnumpy()
+        burst = [i for i, f in enumerate(frames) if _burst_pixels(f) >= BURST_MIN]
+        streak = [i for i, f in enumerate(frames) if _streak_pixels(f) >= 4]
+        if answers["crash_recognition"] == "No":
+            assert not burst and not streak, video
+            assert answers["crash_description"] == "no collision."
+            assert "crash_localization" not in answers
+            continue
+        start, end = map(float, re.findall(r"\d+\.\d", answers["crash_localization"]))
+        cue = float(answers["pre_crash_localization"].split()[0])
+        assert burst[0] / fps == pytest.approx(start), video
+        assert (burst[-1] + 1) / fps == pytest.approx(end), video
+        assert streak[0] / fps == pytest.approx(cue), video
+        assert cue < start < end
+        assert re.fullmatch(
+            r"(car|truck|motorbike|ego-car) hits an? (car|truck|motorbike|cyclist|pedestrian)",
+            answers["crash_description"],
+        )
+
+
+def test_cause_and_prevention_follow_the_cause() -> None:
+    for scene in plan_scenes(SynthConfig(videos=40, seed=1)):
+        if not scene.crash:
+            assert scene.cause is None and scene.cue_time is None
+            continue
+        from crashchat.data.synth.labels import answers_for
+
+        ans = answers_for(scene)
+        keyword = {
+            "speeding": "speed",
+            "red_light": "red light",
+            "lane_change": "lanes",
+            "loss_of_control": "control",
+        }[scene.cause or ""]
+        assert keyword in ans["causal_reasoning"].lower()
+        assert keyword.split()[0] in ans["prevention_reasoning"].lower()
+        assert scene.light_red == (scene.cause == "red_light")
+        assert scene.crash_end is not None and scene.crash_end <= scene.duration
+
+
+def test_config_rejects_bad_values() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="max_duration"):
+        SynthConfig(min_duration=4, max_duration=3)
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        SynthConfig.model_validate({"videos": 3, "colour": "red"})
+    with pytest.raises(ValidationError):
+        SynthConfig(width=101)
