@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -150,6 +151,100 @@ def model_tiny(
             indent=2,
         )
     )
+
+
+@app.command("preprocess")
+def preprocess(
+    annotations: Annotated[
+        list[Path], typer.Option(help="Annotation file or folder (repeatable).")
+    ],
+    video_root: Annotated[
+        Path, typer.Option(help="Folder the annotations' video paths are relative to.")
+    ],
+    model: Annotated[
+        str, typer.Option(help="Model directory (or hub id) whose processor prepares inputs.")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Output folder: samples/, manifest.json, failures.jsonl.")
+    ],
+    fps: Annotated[
+        float | None, typer.Option(help="Frames sampled per second [default: 10].")
+    ] = None,
+    max_frames: Annotated[
+        int | None, typer.Option(help="Frame cap per clip [default: 96].")
+    ] = None,
+    address: Annotated[
+        str, typer.Option(help="'local' starts Ray here; 'auto' or HOST:PORT joins a cluster.")
+    ] = "local",
+    strict: Annotated[
+        bool, typer.Option(help="Exit non-zero when any clip or record failed.")
+    ] = False,
+    config: Annotated[Path | None, typer.Option(help="YAML with a PreprocessConfig.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: key=value.")
+    ] = None,
+) -> None:
+    """Decode and preprocess videos with Ray Data into training-ready Parquet samples."""
+    from crashchat.config import ConfigError, PreprocessConfig, apply_overrides, load_config
+    from crashchat.video.pipeline import run_preprocess
+
+    overrides = list(set_ or [])
+    overrides += [f"fps={fps}"] if fps is not None else []
+    overrides += [f"max_frames={max_frames}"] if max_frames is not None else []
+    overrides += ["strict=true"] if strict else []
+    try:
+        cfg = (
+            load_config(config, PreprocessConfig, overrides)
+            if config
+            else PreprocessConfig.model_validate(apply_overrides({}, overrides))
+        )
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    result = run_with_progress(
+        lambda cb: run_preprocess(list(annotations), video_root, model, out, cfg, address, cb)
+    )
+    report_preprocess(result, cfg.strict)
+
+
+def run_with_progress(job):  # type: ignore[no-untyped-def]
+    """Run ``job(progress_callback)`` under a rich progress bar: clips done, failed, clips/s."""
+    start = time.perf_counter()
+    columns = (
+        TextColumn("clips"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TextColumn("{task.fields[rate]:.2f} clips/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("clips", total=None, failed=0, rate=0.0)
+
+        def update(done: int, failed: int, total: int) -> None:
+            rate = done / max(time.perf_counter() - start, 1e-6)
+            bar.update(task, completed=done, total=total, failed=failed, rate=rate)
+
+        # Ray prints worker notices to stdout; keep stdout for the result JSON alone.
+        with contextlib.redirect_stdout(sys.stderr):
+            return job(update)
+
+
+def report_preprocess(result, strict: bool) -> None:  # type: ignore[no-untyped-def]
+    """Print the summary and failures; exit non-zero in strict mode when anything failed."""
+    print(json.dumps(result.summary(), indent=2))
+    for f in result.failures[:50]:
+        console.print(
+            f"[yellow]failed[/yellow] {f.get('video') or f.get('file')} [{f['stage']}]: {f['reason']}",
+            highlight=False,
+        )
+    if len(result.failures) > 50:
+        console.print(f"... {len(result.failures) - 50} more in {result.out / 'failures.jsonl'}")
+    if strict and result.failures:
+        _fail(
+            f"{len(result.failures)} failure(s) in strict mode (see {result.out / 'failures.jsonl'})",
+            code=1,
+        )
 
 
 @app.command("version")

@@ -86,6 +86,74 @@ class TinyModelConfig(StrictModel):
         return self
 
 
+class ProbeLimits(StrictModel):
+    """Limits checked on the container before any decoding."""
+
+    max_width: int = Field(4096, ge=1, description="Widest accepted frame, pixels.")
+    max_height: int = Field(4096, ge=1, description="Tallest accepted frame, pixels.")
+    max_duration_s: float = Field(600.0, gt=0, description="Longest accepted clip, seconds.")
+    max_file_mb: float = Field(2048.0, gt=0, description="Largest accepted file, MiB.")
+
+
+class PlacementConfig(StrictModel):
+    """Where decode and preprocessing work runs on a cluster."""
+
+    resource: str | None = Field(
+        "cpu_decode",
+        description="Custom resource that marks CPU decode nodes. Requested only when some node offers it; otherwise work runs anywhere.",
+    )
+    resource_per_task: float = Field(
+        0.001,
+        gt=0,
+        description="Amount of ``resource`` each decode task and preprocessing worker asks for.",
+    )
+    node_labels: dict[str, str] | None = Field(
+        None,
+        description="Ray node labels required for decode work (label_selector), e.g. {'crashchat/role': 'decode'}.",
+    )
+
+
+class PreprocessConfig(StrictModel):
+    """The Ray Data preprocessing job (``crashchat preprocess``)."""
+
+    fps: float = Field(10.0, gt=0, description="Frames sampled per second of video (upstream: 10).")
+    max_frames: int = Field(96, ge=1, description="Cap on sampled frames per clip (upstream: 96).")
+    min_frames: int = Field(
+        4, ge=1, description="Minimum frames per clip (the VideoLLaMA3 processor needs 4)."
+    )
+    frame_size: int | None = Field(
+        None,
+        ge=28,
+        multiple_of=28,
+        description="Decode frames at this square size. Default: the model's own (tiny models), else the processor's pixel budget.",
+    )
+    max_visual_tokens: int = Field(
+        16384,
+        ge=1,
+        description="Whole-clip visual-token budget when frames are sized by the processor (upstream: 16384).",
+    )
+    limits: ProbeLimits = Field(default_factory=ProbeLimits, description="Container limits.")
+    placement: PlacementConfig = Field(
+        default_factory=PlacementConfig, description="Node placement."
+    )
+    decode_retries: int = Field(
+        2, ge=0, description="Retries of a decode task whose process died (decoder crash)."
+    )
+    decode_num_cpus: float = Field(1.0, gt=0, description="CPUs per decode task.")
+    worker_num_cpus: float = Field(
+        0.25, gt=0, description="CPUs per preprocessing worker (it mostly waits on decode tasks)."
+    )
+    workers: int = Field(
+        2, ge=1, description="Preprocessing workers (each keeps one decode task in flight)."
+    )
+    rows_per_shard: int = Field(256, ge=1, description="Rows per Parquet shard.")
+    strict: bool = Field(False, description="Exit non-zero when any clip or record failed.")
+    fault_injection: str | None = Field(
+        None,
+        description="Testing aid: a substring of video paths whose decode process aborts (to exercise crash isolation). Never set in production configs.",
+    )
+
+
 M = TypeVar("M", bound=BaseModel)
 
 

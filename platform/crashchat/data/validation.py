@@ -204,31 +204,48 @@ def _check_prompts(samples: list[Sample], file: str) -> list[Issue]:
     return issues
 
 
+def check_file(
+    path: Path,
+    video_root: Path | None = None,
+    catalog: PromptCatalog | None = None,
+) -> tuple[AnnotationFile, list[Issue]]:
+    """Check one file record by record.
+
+    Returns:
+        The file with its *good* samples, and every issue. Callers that must not half-load
+        (:func:`validate_file`, :func:`load_annotations`) discard the samples when there are issues;
+        :func:`collect_samples` keeps them and reports the bad records.
+    """
+    file = str(path)
+    catalog = catalog or PromptCatalog()
+    info = parse_file_name(path)
+    ann = AnnotationFile(path, info)
+    try:
+        records = read_json_list(path)
+    except ValueError as exc:
+        return ann, [Issue(file, None, None, str(exc).removeprefix(f"{file}: "))]
+    if not records:
+        return ann, [Issue(file, None, None, "file holds no records")]
+    issues = []
+    for i, raw in enumerate(records):
+        sample, found = _check_record(raw, i, file, info.task, catalog, video_root, info.split)
+        issues.extend(found)
+        if sample is not None:
+            ann.samples.append(sample)
+    prompt_issues = _check_prompts(ann.samples, file)
+    bad = {i.index for i in prompt_issues}
+    ann.samples = [s for s in ann.samples if s.index not in bad]
+    return ann, issues + prompt_issues
+
+
 def validate_file(
     path: Path,
     video_root: Path | None = None,
     catalog: PromptCatalog | None = None,
 ) -> tuple[AnnotationFile | None, list[Issue]]:
     """Validate one file; returns the loaded file only when it has no issue."""
-    file = str(path)
-    catalog = catalog or PromptCatalog()
-    info = parse_file_name(path)
-    try:
-        records = read_json_list(path)
-    except ValueError as exc:
-        return None, [Issue(file, None, None, str(exc).removeprefix(f"{file}: "))]
-    if not records:
-        return None, [Issue(file, None, None, "file holds no records")]
-    samples, issues = [], []
-    for i, raw in enumerate(records):
-        sample, found = _check_record(raw, i, file, info.task, catalog, video_root, info.split)
-        issues.extend(found)
-        if sample is not None:
-            samples.append(sample)
-    issues.extend(_check_prompts(samples, file))
-    if issues:
-        return None, issues
-    return AnnotationFile(path, info, samples), []
+    ann, issues = check_file(path, video_root, catalog)
+    return (None, issues) if issues else (ann, [])
 
 
 def _learn_catalog(paths: list[Path]) -> PromptCatalog:
@@ -295,6 +312,29 @@ def load_annotations(
     if not report.valid:
         raise AnnotationError(report.errors)
     return loaded
+
+
+def collect_samples(
+    paths: list[str | Path],
+    catalog: PromptCatalog | None = None,
+) -> tuple[list[AnnotationFile], list[Issue]]:
+    """Load every good record of every file and report the bad ones (for batch jobs).
+
+    Unlike :func:`load_annotations`, one bad record does not drop its file: jobs must lose nothing
+    that is good, and list what they skipped.
+    """
+    files = expand_paths(paths)
+    learned = _learn_catalog(files)
+    for task, prompt in (catalog.as_dict() if catalog else {}).items():
+        learned.add(task, prompt)
+    loaded, issues = [], []
+    for path in files:
+        ann, found = check_file(path, None, learned)
+        loaded.append(ann)
+        issues.extend(found)
+    if not files:
+        issues.append(Issue(str(paths), None, None, "no annotation files found"))
+    return loaded, issues
 
 
 def catalog_from_files(files: list[AnnotationFile]) -> PromptCatalog:

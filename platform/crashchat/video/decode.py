@@ -1,0 +1,102 @@
+"""Decode sampled frames with decord at the size the model needs.
+
+:func:`decode_clip` is what runs inside a Ray task: if decord crashes the process, only that task's
+worker dies and the caller records the clip as failed after bounded retries.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from crashchat.video.frame_sampling import sample_frames
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How to sample and size a clip's frames."""
+
+    fps: float = 10.0
+    max_frames: int = 96
+    min_frames: int = 4
+    frame_size: int | None = None
+    max_visual_tokens: int = 16384
+    patch_size: int = 14
+    merge_size: int = 2
+    fault_injection: str | None = None
+
+
+@dataclass
+class DecodedClip:
+    """Frames (T, H, W, 3) uint8 with their source indices and timestamps."""
+
+    frames: np.ndarray
+    indices: list[int]
+    timestamps: list[float]
+    source_fps: float
+    source_frames: int
+    node_id: str = ""
+
+
+def resolve_frame_size(
+    width: int, height: int, num_frames: int, spec: DecodeSpec
+) -> tuple[int, int]:
+    """Target (height, width): the fixed square size, else VideoLLaMA3's per-frame pixel budget.
+
+    The budget is the processor's arithmetic (``smart_resize`` with ``max_visual_tokens`` tokens
+    shared by all frames), so frames decoded at this size pass the processor unresized.
+    """
+    if spec.frame_size:
+        return spec.frame_size, spec.frame_size
+    # Imported here: decode workers with a fixed frame size never pay for importing transformers.
+    from transformers.models.video_llama_3.video_processing_video_llama_3 import smart_resize
+
+    factor = spec.patch_size * spec.merge_size
+    per_frame = max(spec.max_visual_tokens * factor * factor // max(num_frames, 1), factor * factor)
+    return smart_resize(
+        height, width, factor=factor, min_pixels=factor * factor, max_pixels=per_frame
+    )
+
+
+def decode_clip(
+    path: str, width: int, height: int, expected_frames: int, spec: DecodeSpec
+) -> DecodedClip:
+    """Open ``path`` with decord at the target size, sample frames and decode only those.
+
+    Raises:
+        RuntimeError: on a decoder error, with decord's message.
+    """
+    if spec.fault_injection and spec.fault_injection in path:
+        os.abort()  # testing aid: a decoder that kills its process, as decord can on bad media
+    import decord
+
+    expected = sample_frames(
+        max(expected_frames, 1), 10.0, spec.fps, spec.max_frames, spec.min_frames
+    )
+    h, w = resolve_frame_size(width, height, len(expected.indices), spec)
+    try:
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, width=w, height=h)
+        total = len(reader)
+        fps = float(reader.get_avg_fps())
+        sample = sample_frames(total, fps, spec.fps, spec.max_frames, spec.min_frames)
+        frames = reader.get_batch(sample.indices).asnumpy()
+    except decord.DECORDError as exc:
+        raise RuntimeError(f"decode error: {str(exc).splitlines()[0][:300]}") from None
+    if frames.shape[0] != len(sample.indices) or frames.shape[1:3] != (h, w):
+        raise RuntimeError(
+            f"decoder returned {frames.shape}, expected {len(sample.indices)}x{h}x{w}"
+        )
+    return DecodedClip(np.ascontiguousarray(frames), sample.indices, sample.timestamps, fps, total)
+
+
+def decode_task(
+    path: str, width: int, height: int, expected_frames: int, spec: DecodeSpec
+) -> DecodedClip:
+    """:func:`decode_clip` as run in a Ray task; records the node it ran on."""
+    import ray
+
+    clip = decode_clip(path, width, height, expected_frames, spec)
+    clip.node_id = ray.get_runtime_context().get_node_id()
+    return clip
