@@ -5,7 +5,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/lock.txt | sha1sum | cut -c1-12)
 DEMO_DIR ?= runs/demo
-DEMO_VIDEOS ?= 24
 
 # Nothing may reach a model hub at run time; compiled ops are cached inside the project.
 export HF_HUB_OFFLINE := 1
@@ -44,13 +43,16 @@ test: lint typecheck pytest
 
 demo: setup
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
-	@echo "== 1/3 synthesise $(DEMO_VIDEOS) crash/normal clips"
-	$(BIN)/crashchat data synth --out $(DEMO_DIR)/data --videos $(DEMO_VIDEOS) --seed 0
-	@echo "== 2/3 validate the annotations against the videos"
+	@echo "== 1/4 synthesise crash/normal clips (jobs/configs/synth-demo.yaml)"
+	$(BIN)/crashchat data synth --out $(DEMO_DIR)/data --config jobs/configs/synth-demo.yaml
+	@echo "== 2/4 validate the annotations against the videos"
 	$(BIN)/crashchat data validate $(DEMO_DIR)/data --video-root $(DEMO_DIR)/data
-	@echo "== 3/3 build the tiny VideoLLaMA3 (random weights, offline tokenizer, real processor)"
-	$(BIN)/crashchat model tiny --out $(DEMO_DIR)/model --text $(DEMO_DIR)/data
-	@echo "demo finished: data in $(DEMO_DIR)/data, model in $(DEMO_DIR)/model"
+	@echo "== 3/4 build the tiny VideoLLaMA3 (random weights, offline tokenizer, real processor)"
+	$(BIN)/crashchat model tiny --out $(DEMO_DIR)/model --config jobs/configs/tiny-model.yaml --text $(DEMO_DIR)/data
+	@echo "== 4/4 preprocess on Ray Data: probe, decode, processor -> Parquet samples"
+	$(BIN)/crashchat preprocess --annotations $(DEMO_DIR)/data --video-root $(DEMO_DIR)/data \
+		--model $(DEMO_DIR)/model --out $(DEMO_DIR)/preprocessed --config jobs/configs/preprocess-tiny.yaml
+	@echo "demo finished: data in $(DEMO_DIR)/data, model in $(DEMO_DIR)/model, samples in $(DEMO_DIR)/preprocessed"
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache .mypy_cache .ruff_cache

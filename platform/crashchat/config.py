@@ -144,7 +144,12 @@ class PreprocessConfig(StrictModel):
         0.25, gt=0, description="CPUs per preprocessing worker (it mostly waits on decode tasks)."
     )
     workers: int = Field(
-        2, ge=1, description="Preprocessing workers (each keeps one decode task in flight)."
+        2, ge=1, description="Preprocessing workers (actors holding the processor)."
+    )
+    clips_per_batch: int = Field(
+        4,
+        ge=1,
+        description="Clips a worker takes at once; their decode tasks run concurrently while it processes finished ones.",
     )
     rows_per_shard: int = Field(256, ge=1, description="Rows per Parquet shard.")
     strict: bool = Field(False, description="Exit non-zero when any clip or record failed.")

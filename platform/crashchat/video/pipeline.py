@@ -98,15 +98,40 @@ class ClipWorker:
         self.decode = ray.remote(decode_task).options(**decode_options)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows: list[dict[str, Any]] = []
-        for video, path, records in zip(
-            batch["video"].to_pylist(),
-            batch["path"].to_pylist(),
-            batch["records"].to_pylist(),
-            strict=True,
-        ):
-            rows.extend(self._clip(video, path, json.loads(records)))
-        return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+        import ray
+
+        clips = list(
+            zip(
+                batch["video"].to_pylist(),
+                batch["path"].to_pylist(),
+                [json.loads(r) for r in batch["records"].to_pylist()],
+                strict=True,
+            )
+        )
+        # Probe every clip, then keep all their decodes in flight at once and process each clip
+        # as its frames arrive, so decoding overlaps the processor.
+        rows: dict[int, list[dict[str, Any]]] = {}
+        pending: dict[Any, int] = {}
+        for i, (video, path, records) in enumerate(clips):
+            try:
+                probe = probe_video(path, self.cfg.limits)
+            except VideoRejected as exc:
+                rows[i] = self._fail_all(video, records, "probe", str(exc))
+                continue
+            ref = self.decode.remote(path, probe.width, probe.height, probe.frames, self.spec)
+            pending[ref] = i
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ref)
+            video, _path, records = clips[i]
+            try:
+                clip = self._get(ref)
+            except RuntimeError as exc:
+                rows[i] = self._fail_all(video, records, "decode", str(exc))
+                continue
+            rows[i] = self._process(video, clip, records)
+        ordered = [r for i in range(len(clips)) for r in rows[i]]
+        return pa.Table.from_pylist(ordered, schema=ROW_SCHEMA)
 
     def _fail_all(
         self, video: str, records: list[dict[str, Any]], stage: str, reason: str
@@ -124,10 +149,9 @@ class ClipWorker:
             for r in records
         ]
 
-    def _decode(self, path: str, probe_w: int, probe_h: int, frames: int) -> DecodedClip:
+    def _get(self, ref: Any) -> DecodedClip:
         import ray
 
-        ref = self.decode.remote(path, probe_w, probe_h, frames, self.spec)
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
@@ -145,15 +169,9 @@ class ClipWorker:
                 f"decoder process died ({type(exc).__name__}) on all {attempts} attempt(s)"
             ) from None
 
-    def _clip(self, video: str, path: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        try:
-            probe = probe_video(path, self.cfg.limits)
-        except VideoRejected as exc:
-            return self._fail_all(video, records, "probe", str(exc))
-        try:
-            clip = self._decode(path, probe.width, probe.height, probe.frames)
-        except RuntimeError as exc:
-            return self._fail_all(video, records, "decode", str(exc))
+    def _process(
+        self, video: str, clip: DecodedClip, records: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         try:
             vid = self.builder.video(clip.frames, clip.indices, clip.source_fps, clip.source_frames)
         except Exception as exc:
@@ -381,7 +399,9 @@ def run_preprocess(
             ctx = ray.data.DataContext.get_current()
             ctx.execution_options.preserve_order = True
             ctx.enable_progress_bars = False
-            ds = ray.data.from_items(clips, override_num_blocks=len(clips)).map_batches(
+            ds = ray.data.from_items(
+                clips, override_num_blocks=max(1, -(-len(clips) // cfg.clips_per_batch))
+            ).map_batches(
                 ClipWorker,
                 fn_constructor_kwargs={
                     "model": model,
@@ -389,7 +409,7 @@ def run_preprocess(
                     "spec": spec,
                     "decode_options": decode_opts,
                 },
-                batch_size=1,
+                batch_size=cfg.clips_per_batch,
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, len(clips))),
                 num_cpus=cfg.worker_num_cpus,
