@@ -7,9 +7,10 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -27,9 +28,26 @@ app.add_typer(model_app, name="model")
 console = Console(stderr=True)
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _load_config(path: Path | None, model: type[M], overrides: list[str] | None) -> M:
+    """The config from ``path`` (or defaults) with ``key=value`` overrides; exit 2 naming the problem."""
+    from crashchat.config import ConfigError, apply_overrides, format_validation_error, load_config
+
+    try:
+        if path is not None:
+            return load_config(path, model, overrides)
+        return model.model_validate(apply_overrides({}, list(overrides or [])))
+    except ConfigError as exc:
+        _fail(str(exc))
+    except ValidationError as exc:
+        _fail(format_validation_error(exc, "--set overrides"))
 
 
 @data_app.command("validate")
@@ -80,7 +98,7 @@ def data_synth(
     ] = None,
 ) -> None:
     """Generate synthetic crash clips (mp4) and CrashChat-format annotations."""
-    from crashchat.config import ConfigError, SynthConfig, apply_overrides, load_config
+    from crashchat.config import SynthConfig
     from crashchat.data.synth import generate_dataset
 
     overrides = list(set_ or [])
@@ -88,15 +106,7 @@ def data_synth(
         overrides.append(f"videos={videos}")
     if seed is not None:
         overrides.append(f"seed={seed}")
-    try:
-        cfg = (
-            load_config(config, SynthConfig, overrides)
-            if config
-            else SynthConfig.model_validate(apply_overrides({}, overrides))
-        )
-    except (ConfigError, ValueError) as exc:
-        _fail(str(exc))
-        return
+    cfg = _load_config(config, SynthConfig, overrides)
     start = time.perf_counter()
     with Progress(
         TextColumn("synthesising"),
@@ -125,20 +135,12 @@ def model_tiny(
     ] = None,
 ) -> None:
     """Build a random tiny VideoLLaMA3 with an offline-trained tokenizer and the real processors."""
-    from crashchat.config import ConfigError, TinyModelConfig, apply_overrides, load_config
+    from crashchat.config import TinyModelConfig
     from crashchat.data.synth.labels import all_label_text
     from crashchat.data.validation import load_annotations
     from crashchat.models.tiny import build_tiny_model
 
-    try:
-        cfg = (
-            load_config(config, TinyModelConfig, set_)
-            if config
-            else TinyModelConfig.model_validate(apply_overrides({}, list(set_ or [])))
-        )
-    except (ConfigError, ValueError) as exc:
-        _fail(str(exc))
-        return
+    cfg = _load_config(config, TinyModelConfig, set_)
     texts = all_label_text()
     if text:
         for f in load_annotations(list(text)):
@@ -185,22 +187,14 @@ def preprocess(
     ] = None,
 ) -> None:
     """Decode and preprocess videos with Ray Data into training-ready Parquet samples."""
-    from crashchat.config import ConfigError, PreprocessConfig, apply_overrides, load_config
+    from crashchat.config import PreprocessConfig
     from crashchat.video.pipeline import run_preprocess
 
     overrides = list(set_ or [])
     overrides += [f"fps={fps}"] if fps is not None else []
     overrides += [f"max_frames={max_frames}"] if max_frames is not None else []
     overrides += ["strict=true"] if strict else []
-    try:
-        cfg = (
-            load_config(config, PreprocessConfig, overrides)
-            if config
-            else PreprocessConfig.model_validate(apply_overrides({}, overrides))
-        )
-    except (ConfigError, ValueError) as exc:
-        _fail(str(exc))
-        return
+    cfg = _load_config(config, PreprocessConfig, overrides)
     result = run_with_progress(
         lambda cb: run_preprocess(list(annotations), video_root, model, out, cfg, address, cb)
     )

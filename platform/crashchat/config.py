@@ -166,7 +166,8 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file and the key path."""
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per invalid key, prefixed by where the values came from."""
     lines = [f"{source}: invalid configuration"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
@@ -193,7 +194,7 @@ def load_config(path: str | Path, model: type[M], overrides: list[str] | None = 
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, str(path))) from None
+        raise ConfigError(format_validation_error(exc, str(path))) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
