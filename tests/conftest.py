@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+_EXIT_STATUS = pytest.StashKey[int]()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -41,3 +44,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def needs_shared(path: Path) -> pytest.MarkDecorator:
     """Skip when ../shared (present on developer machines and CI, absent in a user's clone) is missing."""
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not present")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Why: once in CI the interpreter segfaulted during teardown *after* every test had passed
+    # (native threads of Ray/decord/torch being torn down), turning a green run red. The
+    # outcome is final here, so leave with pytest's own status and skip that teardown.
+    # CRASHCHAT_TEST_NORMAL_EXIT=1 keeps the normal teardown (to chase the crash).
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is not None and os.environ.get("CRASHCHAT_TEST_NORMAL_EXIT") != "1":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
