@@ -274,3 +274,17 @@ def test_real_clips_preprocess_without_error(
     rollover = rows["cctv_rollover_1280x720_10fps.mp4"]  # 38 frames at 10 fps
     assert rollover["num_frames"] == 38
     assert isinstance(pa.table({"x": [1]}), pa.Table)
+
+
+def test_a_hung_decoder_is_cancelled_and_the_rest_finishes(
+    local_ray, synth_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    ann = synth_dir / "crashchat_synth_crash_recognition_train.json"
+    records = json.loads(ann.read_text())
+    hung = records[0]["video"][0]
+    cfg = PreprocessConfig(fault_injection=f"hang:{Path(hung).name}", decode_timeout_s=5)
+    result = run_preprocess([ann], synth_dir, tiny_model_dir, tmp_path, cfg, address=None)
+    assert result.samples == len(records) - 1
+    [failure] = result.failures
+    assert failure["video"] == hung and failure["stage"] == "decode"
+    assert "timed out after 5 s" in failure["reason"]

@@ -139,6 +139,11 @@ class PreprocessConfig(StrictModel):
     decode_retries: int = Field(
         2, ge=0, description="Retries of a decode task whose process died (decoder crash)."
     )
+    decode_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="When no decode of a worker finishes for this long, its oldest decode is cancelled and that clip failed (a hung decoder).",
+    )
     decode_num_cpus: float = Field(1.0, gt=0, description="CPUs per decode task.")
     worker_num_cpus: float = Field(
         0.25, gt=0, description="CPUs per preprocessing worker (it mostly waits on decode tasks)."
@@ -155,7 +160,7 @@ class PreprocessConfig(StrictModel):
     strict: bool = Field(False, description="Exit non-zero when any clip or record failed.")
     fault_injection: str | None = Field(
         None,
-        description="Testing aid: a substring of video paths whose decode process aborts (to exercise crash isolation). Never set in production configs.",
+        description="Testing aid: decodes of video paths containing this substring abort their process ('hang:SUBSTR' makes them hang instead), to exercise crash isolation and timeouts. Never set in production configs.",
     )
 
 

@@ -7,6 +7,7 @@ worker dies and the caller records the clip as failed after bounded retries.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,8 +69,14 @@ def decode_clip(
     Raises:
         RuntimeError: on a decoder error, with decord's message.
     """
-    if spec.fault_injection and spec.fault_injection in path:
-        os.abort()  # testing aid: a decoder that kills its process, as decord can on bad media
+    if spec.fault_injection:
+        # Testing aid: a decoder that kills its process (as decord can on bad media) or hangs.
+        hang = spec.fault_injection.startswith("hang:")
+        needle = spec.fault_injection.removeprefix("hang:")
+        if needle in path:
+            if hang:
+                time.sleep(3600)
+            os.abort()
     import decord
 
     expected = sample_frames(

@@ -112,6 +112,7 @@ class ClipWorker:
         # as its frames arrive, so decoding overlaps the processor.
         rows: dict[int, list[dict[str, Any]]] = {}
         pending: dict[Any, int] = {}
+        last_progress = time.monotonic()
         for i, (video, path, records) in enumerate(clips):
             try:
                 probe = probe_video(path, self.cfg.limits)
@@ -121,7 +122,14 @@ class ClipWorker:
             ref = self.decode.remote(path, probe.width, probe.height, probe.frames, self.spec)
             pending[ref] = i
         while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            if not ready:
+                if time.monotonic() - last_progress > self.cfg.decode_timeout_s:
+                    self._cancel_oldest(pending, clips, rows)
+                    last_progress = time.monotonic()
+                continue
+            last_progress = time.monotonic()
+            ref = ready[0]
             i = pending.pop(ref)
             video, _path, records = clips[i]
             try:
@@ -148,6 +156,23 @@ class ClipWorker:
             }
             for r in records
         ]
+
+    def _cancel_oldest(
+        self, pending: dict[Any, int], clips: list[Any], rows: dict[int, list[dict[str, Any]]]
+    ) -> None:
+        """No decode finished for ``decode_timeout_s``: cancel the oldest one (the hung one).
+
+        Decodes are submitted in order and queued ones wait behind running ones, so a rolling
+        no-progress timeout does not fail clips that were merely queued behind a hung decoder.
+        """
+        import ray
+
+        ref = next(iter(pending))
+        i = pending.pop(ref)
+        ray.cancel(ref, force=True)
+        video, _path, records = clips[i]
+        reason = f"decode timed out after {self.cfg.decode_timeout_s:.0f} s without progress (task cancelled)"
+        rows[i] = self._fail_all(video, records, "decode", reason)
 
     def _get(self, ref: Any) -> DecodedClip:
         import ray
