@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from crashchat.config import PreprocessConfig, apply_overrides, load_config
+from crashchat.config import ConfigError, PreprocessConfig, build_config
 from crashchat.video.pipeline import run_preprocess
 
 
@@ -32,11 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default="auto", help="'auto' inside a Ray job, or 'local'")
     args = parser.parse_args(argv)
 
-    cfg = (
-        load_config(args.config, PreprocessConfig, args.overrides)
-        if args.config
-        else PreprocessConfig.model_validate(apply_overrides({}, args.overrides))
-    )
+    try:
+        cfg = build_config(args.config, PreprocessConfig, args.overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     result = run_preprocess(
         args.annotations, args.video_root, args.model, args.out, cfg, args.address
     )

@@ -64,3 +64,32 @@ def test_overrides_apply_nested_values() -> None:
     assert (cfg.limits.max_width, cfg.limits.max_height, cfg.fps, cfg.strict) == (10, 20, 5.0, True)
     with pytest.raises(ConfigError, match=r"key\.sub=value"):
         apply_overrides({}, ["novalue"])
+
+
+def test_preprocess_job_rejects_a_bad_override_naming_the_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "preprocess.py"),
+            "--annotations",
+            str(tmp_path),
+            "--video-root",
+            str(tmp_path),
+            "--model",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--set",
+            "fps=-1",
+            "--address",
+            "local",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "--set overrides" in out.stderr and "fps" in out.stderr

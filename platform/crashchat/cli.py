@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -38,16 +38,12 @@ M = TypeVar("M", bound=BaseModel)
 
 def _load_config(path: Path | None, model: type[M], overrides: list[str] | None) -> M:
     """The config from ``path`` (or defaults) with ``key=value`` overrides; exit 2 naming the problem."""
-    from crashchat.config import ConfigError, apply_overrides, format_validation_error, load_config
+    from crashchat.config import ConfigError, build_config
 
     try:
-        if path is not None:
-            return load_config(path, model, overrides)
-        return model.model_validate(apply_overrides({}, list(overrides or [])))
+        return build_config(path, model, overrides)
     except ConfigError as exc:
         _fail(str(exc))
-    except ValidationError as exc:
-        _fail(format_validation_error(exc, "--set overrides"))
 
 
 @data_app.command("validate")

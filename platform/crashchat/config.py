@@ -202,6 +202,20 @@ def load_config(path: str | Path, model: type[M], overrides: list[str] | None = 
         raise ConfigError(format_validation_error(exc, str(path))) from None
 
 
+def build_config(path: str | Path | None, model: type[M], overrides: list[str] | None = None) -> M:
+    """``load_config`` when a file is given, else the defaults; ``key=value`` overrides either way.
+
+    Raises:
+        ConfigError: naming the file (or the overrides) and every invalid key.
+    """
+    if path is not None:
+        return load_config(path, model, overrides)
+    try:
+        return model.model_validate(apply_overrides({}, list(overrides or [])))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "--set overrides")) from None
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars) to a nested dict."""
     out = dict(data)

@@ -343,8 +343,7 @@ def _plan(
 def _collect(
     raw: pa.Table,
     writer: ShardWriter,
-    per_task: Counter[str],
-    per_split: Counter[str],
+    counts: Counter[tuple[str, str]],
     failures: list[dict[str, Any]],
 ) -> tuple[int, int]:
     """Route one worker batch: samples to the shard writer, failures to the list.
@@ -357,8 +356,7 @@ def _collect(
     is_sample = pa.compute.equal(batch["kind"], "sample")
     samples = batch.filter(is_sample).select(SAMPLE_SCHEMA.names).cast(SAMPLE_SCHEMA)
     writer.add(samples)
-    per_task.update(samples["task"].to_pylist())
-    per_split.update(samples["split"].to_pylist())
+    counts.update(zip(samples["task"].to_pylist(), samples["split"].to_pylist(), strict=True))
     failed_rows = (
         batch.filter(pa.compute.invert(is_sample)).select(list(FAILURE_FIELDS)).to_pylist()
     )
@@ -408,8 +406,7 @@ def run_preprocess(
         fault_injection=cfg.fault_injection,
     )
     writer = ShardWriter(samples_dir, cfg.rows_per_shard)
-    per_task: Counter[str] = Counter()
-    per_split: Counter[str] = Counter()
+    counts: Counter[tuple[str, str]] = Counter()
     placement_note = ""
     started = ensure_ray(address) if clips else False
     try:
@@ -443,7 +440,7 @@ def run_preprocess(
             done = failed = 0
             for raw in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 assert isinstance(raw, pa.Table)
-                n_done, n_failed = _collect(raw, writer, per_task, per_split, failures)
+                n_done, n_failed = _collect(raw, writer, counts, failures)
                 done, failed = done + n_done, failed + n_failed
                 if progress is not None:
                     progress(done, failed, len(clips))
@@ -483,9 +480,7 @@ def run_preprocess(
             "samples": writer.rows,
             "failures": len(failures),
             "shards": writer.shards,
-            "per_task": dict(sorted(per_task.items())),
-            "per_split": dict(sorted(per_split.items())),
-            "per_task_split": _cross(out, writer.shards),
+            **_count_tables(counts),
         },
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -494,12 +489,17 @@ def run_preprocess(
     )
 
 
-def _cross(out: Path, shards: int) -> dict[str, dict[str, int]]:
-    if not shards:
-        return {}
-    table = pq.read_table(str(out / "samples"), columns=["task", "split"])
-    counts: dict[str, dict[str, int]] = {}
-    for task, split in zip(table["task"].to_pylist(), table["split"].to_pylist(), strict=True):
-        counts.setdefault(task, {}).setdefault(split, 0)
-        counts[task][split] += 1
-    return counts
+def _count_tables(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """Per-task, per-split and per-task-and-split sample counts for the manifest."""
+    per_task: Counter[str] = Counter()
+    per_split: Counter[str] = Counter()
+    cross: dict[str, dict[str, int]] = {}
+    for (task, split), n in sorted(counts.items()):
+        per_task[task] += n
+        per_split[split] += n
+        cross.setdefault(task, {})[split] = n
+    return {
+        "per_task": dict(sorted(per_task.items())),
+        "per_split": dict(sorted(per_split.items())),
+        "per_task_split": cross,
+    }
