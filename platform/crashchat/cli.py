@@ -22,8 +22,14 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Annotation files and synthetic data.")
 model_app = typer.Typer(no_args_is_help=True, help="Models: the tiny VideoLLaMA3 kit.")
+checkpoint_app = typer.Typer(
+    no_args_is_help=True, help="Fine-tuned checkpoints: verify, import upstream weights."
+)
+tracking_app = typer.Typer(no_args_is_help=True, help="MLflow tracking.")
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
+app.add_typer(checkpoint_app, name="checkpoint")
+app.add_typer(tracking_app, name="tracking")
 
 console = Console(stderr=True)
 
@@ -235,6 +241,140 @@ def report_preprocess(result, strict: bool) -> None:  # type: ignore[no-untyped-
             f"{len(result.failures)} failure(s) in strict mode (see {result.out / 'failures.jsonl'})",
             code=1,
         )
+
+
+@app.command("train")
+def train(
+    data: Annotated[Path, typer.Option(help="Preprocessed dataset (crashchat preprocess --out).")],
+    model: Annotated[str, typer.Option(help="Base model directory or hub id (native layout).")],
+    output: Annotated[Path, typer.Option(help="Checkpoints land in OUTPUT/<mixture>/.")],
+    config: Annotated[Path | None, typer.Option(help="YAML with a TrainConfig.")] = None,
+    mixture: Annotated[
+        str | None,
+        typer.Option(
+            help="One mixture: a task key, linguistic_centric, perception_centric or heterogeneous."
+        ),
+    ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="monotask | homogeneous | heterogeneous | all [default: all]."),
+    ] = None,
+    address: Annotated[
+        str, typer.Option(help="'local' starts Ray here; 'auto' or HOST:PORT joins a cluster.")
+    ] = "local",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: key=value.")
+    ] = None,
+) -> None:
+    """LoRA fine-tuning with Ray Train + DeepSpeed; one MLflow run and checkpoint per mixture."""
+    from crashchat.config import TrainConfig
+    from crashchat.training.runner import ResourceError, plan_mixtures, run_training
+
+    cfg = _load_config(config, TrainConfig, set_)
+    try:
+        mixtures = plan_mixtures(mixture, strategy)
+    except (KeyError, ValueError) as exc:
+        _fail(str(exc).strip("'\""))
+    if not (data / "manifest.json").is_file():
+        _fail(f"{data} is not a preprocessed dataset (no manifest.json); run crashchat preprocess")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            results, note = run_training(
+                cfg,
+                data,
+                model,
+                output,
+                mixtures,
+                address,
+                on_event=lambda msg: console.print(msg, highlight=False),
+            )
+    except ResourceError as exc:
+        _fail(str(exc))
+    report_training(results, note)
+
+
+def report_training(results, note) -> None:  # type: ignore[no-untyped-def]
+    """Print one line per mixture (run id, checkpoint) and a JSON summary; exit 1 on failures."""
+    table = Table("mixture", "steps", "best eval loss", "MLflow run", "checkpoint")
+    for r in results:
+        loss = f"{r.best_eval_loss:.4f}" if r.best_eval_loss is not None else "-"
+        table.add_row(
+            r.mixture, str(r.steps), loss, r.run_id or "-", r.checkpoint or f"[red]{r.error}"
+        )
+    console.print(table)
+    if note:
+        console.print(f"[yellow]tracking:[/yellow] {note}", highlight=False)
+    print(json.dumps({"results": [r.to_json() for r in results], "tracking": note}, indent=2))
+    failed = [r.mixture for r in results if r.error]
+    if failed:
+        _fail(f"training failed for {', '.join(failed)}", code=1)
+
+
+@checkpoint_app.command("verify")
+def checkpoint_verify(
+    path: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
+) -> None:
+    """Check every file of a checkpoint against its manifest (exit 1 naming the bad file)."""
+    from crashchat.models.checkpoint import CheckpointError, verify_checkpoint
+
+    try:
+        meta = verify_checkpoint(path)
+    except CheckpointError as exc:
+        _fail(str(exc), code=1)
+    print(json.dumps({"ok": True, "path": str(path), **meta}, indent=2))
+
+
+@checkpoint_app.command("import-base")
+def checkpoint_import_base(
+    src: Annotated[Path, typer.Option(help="Upstream VideoLLaMA3 folder (custom-code layout).")],
+    out: Annotated[Path, typer.Option(help="Native VideoLlama3ForConditionalGeneration folder.")],
+) -> None:
+    """Convert upstream VideoLLaMA3 weights to transformers' native layout, shard by shard."""
+    from crashchat.models.upstream import UpstreamFormatError, import_base
+
+    try:
+        print(json.dumps(import_base(src, out), indent=2))
+    except (UpstreamFormatError, OSError) as exc:
+        _fail(str(exc))
+
+
+@checkpoint_app.command("import")
+def checkpoint_import(
+    lora: Annotated[Path, typer.Option(help="Published PEFT adapter folder.")],
+    out: Annotated[Path, typer.Option(help="Platform checkpoint folder to write.")],
+    base_model: Annotated[str, typer.Option(help="Native base model it applies to.")],
+    non_lora_trainables: Annotated[
+        Path | None, typer.Option(help="non_lora_trainables.bin (projector weights).")
+    ] = None,
+    mixture: Annotated[str | None, typer.Option(help="Mixture it was trained on.")] = None,
+) -> None:
+    """Convert a published CrashChat checkpoint (LoRA + projector pickle) to the platform format."""
+    from crashchat.data.tasks import get_mixture
+    from crashchat.models.upstream import UpstreamFormatError, import_checkpoint
+
+    tasks = list(get_mixture(mixture).tasks) if mixture else None
+    try:
+        info = import_checkpoint(lora, non_lora_trainables, out, base_model, tasks, mixture)
+    except (UpstreamFormatError, OSError) as exc:
+        _fail(str(exc))
+    print(json.dumps(info, indent=2))
+
+
+@tracking_app.command("sync")
+def tracking_sync(
+    path: Annotated[Path, typer.Argument(help="tracking_pending.json, or the training output.")],
+    uri: Annotated[str | None, typer.Option(help="Send to this tracking URI instead.")] = None,
+) -> None:
+    """Send tracking operations kept while MLflow was unreachable."""
+    from crashchat.tracking import sync_pending
+
+    try:
+        tracker = sync_pending(path, uri)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    if tracker.ops:
+        _fail(f"{len(tracker.ops)} operations still unsent: {tracker.last_error}", code=1)
+    print(json.dumps({"synced": True, "runs": tracker.run_ids}, indent=2))
 
 
 @app.command("version")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections import Counter
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 from crashchat.config import PreprocessConfig
 from crashchat.data.annotations import Sample
 from crashchat.data.validation import catalog_from_files, check_video_path, collect_samples
+from crashchat.ray_utils import ensure_ray
 from crashchat.video.decode import DecodedClip, DecodeSpec, decode_task
 from crashchat.video.probe import VideoRejected, probe_video
 from crashchat.video.samples import FAILURE_FIELDS, ROW_SCHEMA, SAMPLE_SCHEMA, SCHEMA_VERSION
@@ -258,28 +258,6 @@ class ShardWriter:
     def close(self) -> None:
         if self.pending_rows:
             self._flush(self.pending_rows)
-
-
-def ensure_ray(address: str | None, num_cpus: int | None = None) -> bool:
-    """Connect to ``address`` (``auto`` or ``ray://``/``host:port``) or start a local Ray.
-
-    Returns:
-        True when this call started Ray (the caller shuts it down).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address in (None, "", "local"):
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-    else:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-    return True
 
 
 def placement_options(cfg: PreprocessConfig) -> tuple[dict[str, Any], str]:

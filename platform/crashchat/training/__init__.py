@@ -1,0 +1,1 @@
+"""LoRA fine-tuning on Ray Train with DeepSpeed, tracked in MLflow."""

@@ -1,0 +1,391 @@
+"""Driver side of fine-tuning: plan mixtures, check resources, run Ray Train, write checkpoints.
+
+One ``TorchTrainer.fit`` per training mixture. After each fit the best checkpoint (lowest eval
+loss, or the last one without validation data) becomes the platform checkpoint in
+``OUTPUT/<mixture>/``, is logged to the mixture's MLflow run and registered with the mixture name
+as alias.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from crashchat.config import TrainConfig
+from crashchat.data.tasks import Mixture, get_mixture, mixtures_for_strategy
+from crashchat.models.checkpoint import (
+    ADAPTER_DIR,
+    CONFIG_FILE,
+    NON_LORA_FILE,
+    PROCESSOR_DIR,
+    PROMPTS_FILE,
+    CheckpointWriter,
+)
+from crashchat.tracking import PENDING_FILE, Tracker, resolve_tracking_uri
+from crashchat.training.loop import EXPORT_DIR, STATE_FILE, RunSpec, TrainState
+from crashchat.video.samples import load_manifest, read_samples
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot hold the requested training workers plus the data stage."""
+
+
+@dataclass
+class MixtureResult:
+    """What one mixture's training produced."""
+
+    mixture: str
+    strategy: str
+    tasks: list[str]
+    checkpoint: str | None
+    run_id: str | None
+    steps: int = 0
+    best_step: int | None = None
+    best_eval_loss: float | None = None
+    stopped_early: bool = False
+    attempts: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    tracking_note: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Summary without the per-step history."""
+        out = asdict(self)
+        out.pop("history")
+        return out
+
+
+def plan_mixtures(mixture: str | None, strategy: str | None) -> list[Mixture]:
+    """The mixtures to train: one named mixture, or a strategy's (``all``: the nine)."""
+    if mixture and strategy:
+        raise ValueError("give --mixture or --strategy, not both")
+    if mixture:
+        return [get_mixture(mixture)]
+    return list(mixtures_for_strategy(strategy or "all"))
+
+
+def check_resources(cfg: TrainConfig) -> str:
+    """Fail fast when the cluster cannot fit the workers and keep CPU for the data stage.
+
+    Returns:
+        A one-line description of what will be used.
+
+    Raises:
+        ResourceError: naming what is missing.
+    """
+    import ray
+
+    sc = cfg.scaling
+    total = ray.cluster_resources()
+    need_cpu = sc.num_workers * sc.cpus_per_worker + sc.data_cpus
+    problems = []
+    if total.get("CPU", 0) + 1e-9 < need_cpu:
+        problems.append(
+            f"{sc.num_workers} workers x {sc.cpus_per_worker} CPU + {sc.data_cpus} CPU for the "
+            f"data stage = {need_cpu:g} CPU, the cluster has {total.get('CPU', 0):g}"
+        )
+    if sc.use_gpu and total.get("GPU", 0) < sc.num_workers:
+        problems.append(f"{sc.num_workers} GPUs requested, the cluster has {total.get('GPU', 0):g}")
+    for res, amount in sc.worker_resources.items():
+        if total.get(res, 0) + 1e-9 < amount * sc.num_workers:
+            problems.append(
+                f"resource {res!r}: {amount * sc.num_workers:g} needed, {total.get(res, 0):g} offered"
+            )
+    per_worker = {"CPU": sc.cpus_per_worker, **sc.worker_resources}
+    if sc.use_gpu:
+        per_worker["GPU"] = 1
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if nodes and not any(
+        all(n["Resources"].get(k, 0) + 1e-9 >= v for k, v in per_worker.items()) for n in nodes
+    ):
+        problems.append(f"no node can hold one worker ({per_worker})")
+    if problems:
+        raise ResourceError(
+            "training cannot start, the cluster is too small: "
+            + "; ".join(problems)
+            + ". Lower scaling.num_workers / scaling.cpus_per_worker / scaling.data_cpus or add nodes."
+        )
+    return f"{sc.num_workers} workers x {per_worker}, {sc.data_cpus:g} CPU kept for data"
+
+
+def _row_counts(manifest: dict[str, Any], tasks: list[str], split: str) -> int:
+    per = manifest["counts"]["per_task_split"]
+    return sum(int(per.get(t, {}).get(split, 0)) for t in tasks)
+
+
+def _prompts_for(data_dir: Path, tasks: list[str]) -> dict[str, Any]:
+    path = data_dir / "prompts.json"
+    prompts = json.loads(path.read_text()) if path.is_file() else {}
+    if isinstance(prompts, dict) and "prompts" in prompts:
+        prompts = prompts["prompts"]
+    return {t: prompts[t] for t in tasks if t in prompts}
+
+
+def _find_export(result: Any, step: int | None) -> tuple[Path, TrainState]:
+    """The export folder of the checkpoint at ``step`` (else the newest) and the final state."""
+    latest = Path(result.checkpoint.path)
+    final_state = TrainState.load(latest / STATE_FILE)
+    chosen = latest
+    if step is not None:
+        for ckpt, metrics in result.best_checkpoints:
+            if int(metrics.get("step", -1)) == step:
+                chosen = Path(ckpt.path)
+    return chosen / EXPORT_DIR, final_state
+
+
+def write_platform_checkpoint(
+    dest: Path,
+    export: Path,
+    base_model: str,
+    processor_source: str,
+    prompts: dict[str, Any],
+    cfg: TrainConfig,
+    meta: dict[str, Any],
+) -> None:
+    """Assemble the platform checkpoint at ``dest`` atomically from a worker export."""
+    from transformers import AutoProcessor
+
+    with CheckpointWriter(dest, {"base_model": base_model, **meta}) as writer:
+        stage = writer.staging
+        if (export / "adapter").is_dir():
+            shutil.copytree(export / "adapter", stage / ADAPTER_DIR)
+        if (export / NON_LORA_FILE).is_file():
+            shutil.copy2(export / NON_LORA_FILE, stage / NON_LORA_FILE)
+        AutoProcessor.from_pretrained(processor_source).save_pretrained(str(stage / PROCESSOR_DIR))
+        (stage / PROMPTS_FILE).write_text(json.dumps(prompts, indent=2, sort_keys=True))
+        (stage / CONFIG_FILE).write_text(
+            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        )
+
+
+class TrainingRun:
+    """Trains mixtures one after another against one tracking store."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data_dir: str | Path,
+        base_model: str,
+        output: str | Path,
+        on_event: Callable[[str], None] | None = None,
+        runs_root: str | Path = "runs",
+    ) -> None:
+        self.cfg = cfg
+        self.data_dir = Path(data_dir).resolve()
+        # Workers run in other directories: a local base model is passed as an absolute path.
+        self.base_model = (
+            str(Path(base_model).resolve()) if Path(base_model).exists() else base_model
+        )
+        self.output = Path(output).resolve()
+        self.manifest = load_manifest(self.data_dir)
+        self.on_event = on_event or (lambda _msg: None)
+        uri = resolve_tracking_uri(cfg.tracking.uri, runs_root)
+        self.tracker = Tracker(uri, timeout_s=cfg.tracking.request_timeout_s, retry_interval_s=0)
+
+    def train(self, mixture: Mixture) -> MixtureResult:
+        """Train one mixture to its platform checkpoint."""
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        from crashchat.training.loop import train_loop_per_worker
+
+        cfg, tasks = self.cfg, list(mixture.tasks)
+        started = time.perf_counter()
+        result = MixtureResult(mixture.name, mixture.strategy, tasks, None, None)
+        train_rows = _row_counts(self.manifest, tasks, cfg.train_split)
+        val_rows = _row_counts(self.manifest, tasks, cfg.val_split)
+        epochs = cfg.schedule.monotask_epochs if len(tasks) == 1 else cfg.schedule.epochs
+        key = f"{mixture.name}-{uuid.uuid4().hex[:8]}"
+        self.tracker.create_run(
+            key,
+            cfg.tracking.experiment,
+            mixture.name,
+            tags={"mixture": mixture.name, "strategy": mixture.strategy},
+        )
+        self.tracker.log(
+            key,
+            params={
+                "mixture": mixture.name,
+                "strategy": mixture.strategy,
+                "tasks": ",".join(tasks),
+                "base_model": self.base_model,
+                "data": str(self.data_dir),
+                "train_samples": train_rows,
+                "val_samples": val_rows,
+                "epochs_for_mixture": epochs,
+                **cfg.model_dump(mode="json"),
+            },
+        )
+        self.tracker.flush(force=True)
+        spec = RunSpec(
+            config=cfg.model_dump(mode="json"),
+            base_model=self.base_model,
+            mixture=mixture.name,
+            tasks=tasks,
+            epochs=epochs,
+            train_rows=train_rows,
+            val_rows=val_rows,
+            pixel_norm=self.manifest["pixel_norm"],
+            run_key=key,
+            tracking=self.tracker.pending(),
+        )
+        # The worker continues the journal from here; the driver picks it up after the fit.
+        self.tracker.ops = []
+        storage = Path(cfg.storage_path or self.output / "_ray").resolve()
+        sc = cfg.scaling
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=asdict(spec),
+            scaling_config=ScalingConfig(
+                num_workers=sc.num_workers,
+                use_gpu=sc.use_gpu,
+                resources_per_worker={"CPU": sc.cpus_per_worker, **sc.worker_resources},
+            ),
+            torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+            run_config=RunConfig(
+                name=f"{key}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(storage),
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=cfg.schedule.num_checkpoints_to_keep
+                ),
+            ),
+            datasets={
+                "train": read_samples(self.data_dir, tasks, [cfg.train_split]),
+                "val": read_samples(self.data_dir, tasks, [cfg.val_split]),
+            },
+        )
+        self.on_event(
+            f"{mixture.name}: {train_rows} train / {val_rows} val samples, {epochs:g} epochs"
+        )
+        fit = trainer.fit()
+        export, state = _find_export(fit, None)
+        export, _ = _find_export(fit, state.best_step)
+        # Continue the worker's journal (its unsent operations come first).
+        t = state.tracking
+        self.tracker.run_ids.update(t.get("run_ids", {}))
+        self.tracker.ops = list(t.get("ops", [])) + self.tracker.ops
+        dest = self.output / mixture.name
+        meta = {
+            "mixture": mixture.name,
+            "strategy": mixture.strategy,
+            "tasks": tasks,
+            "step": state.best_step or state.step,
+            "steps_trained": state.step,
+            "eval_loss": state.best_eval_loss,
+            "stopped_early": state.stopped_early,
+            "mlflow_run_key": key,
+            "mlflow_run_id": self.tracker.run_id(key),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        write_platform_checkpoint(
+            dest,
+            export,
+            self.base_model,
+            self.base_model,
+            _prompts_for(self.data_dir, tasks),
+            cfg,
+            meta,
+        )
+        result.checkpoint = str(dest)
+        final: dict[str, float] = {"steps": state.step, "attempts": state.attempts}
+        if state.best_eval_loss is not None:
+            final["best_eval_loss"] = state.best_eval_loss
+        self.tracker.log(key, metrics=final, step=state.step, tags={"checkpoint": str(dest)})
+        if cfg.tracking.log_checkpoint:
+            self.tracker.log_artifacts(key, dest, "checkpoint")
+            if cfg.tracking.registered_model:
+                self.tracker.register(
+                    key, cfg.tracking.registered_model, mixture.name, "checkpoint"
+                )
+        self.tracker.end_run(key)
+        self.tracker.flush(force=True)
+        result.run_id = self.tracker.run_id(key)
+        result.steps, result.best_step = state.step, state.best_step
+        result.best_eval_loss, result.stopped_early = state.best_eval_loss, state.stopped_early
+        result.attempts, result.history, result.evals = state.attempts, state.history, state.evals
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def finish(self) -> str | None:
+        """Save unsent tracking operations; a note for the user when any remain."""
+        self.tracker.flush(force=True)
+        path = self.tracker.save_pending(self.output / PENDING_FILE)
+        if path is None:
+            return None
+        return (
+            f"MLflow at {self.tracker.uri} was unreachable ({self.tracker.last_error}); "
+            f"{len(self.tracker.ops)} tracking operations are kept in {path}. Send them with "
+            f"`crashchat tracking sync {path}` once it is back."
+        )
+
+
+def _describe_error(exc: BaseException) -> str:
+    """The useful part of a (possibly remote) error: its type and the last lines that say why."""
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    tail = [ln.strip() for ln in lines if not ln.startswith(" ")][-3:] or lines[-3:]
+    return f"{type(exc).__name__}: " + " | ".join(tail)[:1500]
+
+
+def run_training(
+    cfg: TrainConfig,
+    data_dir: str | Path,
+    base_model: str,
+    output: str | Path,
+    mixtures: list[Mixture],
+    address: str | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> tuple[list[MixtureResult], str | None]:
+    """Train each mixture; returns the results and a tracking note (None when all was sent).
+
+    Raises:
+        ResourceError: before anything starts, when the cluster is too small.
+    """
+    from crashchat.ray_utils import ensure_ray
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    started_ray = ensure_ray(address)
+    try:
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        note = check_resources(cfg)
+        if on_event:
+            on_event(f"resources: {note}")
+        run = TrainingRun(cfg, data_dir, base_model, output, on_event)
+        results = []
+        for mixture in mixtures:
+            try:
+                results.append(run.train(mixture))
+            except Exception as exc:  # one mixture failing must not lose the others
+                res = MixtureResult(mixture.name, mixture.strategy, list(mixture.tasks), None, None)
+                res.error = _describe_error(exc)
+                results.append(res)
+            if on_event:
+                r = results[-1]
+                on_event(
+                    f"{r.mixture}: " + (r.error or f"checkpoint {r.checkpoint}, run {r.run_id}")
+                )
+        tracking_note = run.finish()
+        (output / "training_summary.json").write_text(
+            json.dumps(
+                {"results": [r.to_json() for r in results], "tracking": tracking_note}, indent=2
+            )
+        )
+        return results, tracking_note
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
