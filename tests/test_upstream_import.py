@@ -124,10 +124,7 @@ def test_import_base_renames_every_tensor_and_generates(
         video_metadata=[{"fps": 2.0, "total_num_frames": 4, "frames_indices": [0, 1, 2, 3]}],
     )
     generated = loaded.model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    assert (
-        generated.shape[1] == inputs["input_ids"].shape[1] + 5
-        or generated.shape[1] > inputs["input_ids"].shape[1]
-    )
+    assert generated.shape[1] > inputs["input_ids"].shape[1]  # it produced new tokens
 
 
 def test_import_base_refuses_unmapped_tensors(tiny_model_dir: Path, tmp_path: Path) -> None:
