@@ -1,0 +1,72 @@
+"""The tracking journal: a dead server costs no metric and no crash; sync sends it later."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from crashchat.tracking import PENDING_FILE, Tracker, resolve_tracking_uri, sync_pending
+from crashchat.tracking.tracker import flatten_params
+
+
+def _dead_uri() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there once the socket closes
+
+
+def test_dead_server_keeps_everything_and_sync_sends_it(tmp_path: Path) -> None:
+    tracker = Tracker(_dead_uri(), timeout_s=2, retry_interval_s=60)
+    tracker.create_run("r1", "exp", "crash_recognition", tags={"mixture": "crash_recognition"})
+    tracker.log("r1", params={"lora": {"r": 8}, "lr": 0.001})
+    for step in range(1, 4):
+        tracker.log("r1", {"train_loss": 1.0 / step}, step=step)
+    started = time.perf_counter()
+    assert tracker.flush(force=True) is False
+    assert time.perf_counter() - started < 30  # fails fast instead of retrying for minutes
+    assert tracker.last_error and len(tracker.ops) == 5 and tracker.run_id("r1") is None
+    assert tracker.flush() is False and len(tracker.ops) == 5  # within the retry interval
+    tracker.end_run("r1")
+    pending = tracker.save_pending(tmp_path / PENDING_FILE)
+    assert pending is not None and pending.is_file()
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    synced = sync_pending(tmp_path, uri=uri)
+    assert synced.ops == [] and not pending.exists()
+    client = MlflowClient(uri)
+    run = client.get_run(synced.run_ids["r1"])
+    assert run.data.params["lora.r"] == "8" and run.data.tags["mixture"] == "crash_recognition"
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]
+
+
+def test_replayed_operations_do_not_duplicate_metrics(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    tracker.create_run("r", "exp", "run")
+    tracker.log("r", {"train_loss": 2.0}, step=1)
+    saved = tracker.pending()  # what a checkpoint holds before the flush
+    assert tracker.flush(force=True)
+    # A restarted worker resumes from that checkpoint and replays the same journal.
+    again = Tracker(uri, ops=saved["ops"], run_ids=tracker.run_ids)
+    assert again.flush(force=True)
+    history = MlflowClient(uri).get_metric_history(tracker.run_ids["r"], "train_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.0)]
+
+
+def test_uri_resolution_and_param_flattening(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri(None, tmp_path) == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri("sqlite:///x.db", tmp_path) == "sqlite:///x.db"
+    assert flatten_params({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {
+        "a.b": "1",
+        "a.c.d": "[1, 2]",
+        "e": "None",
+    }

@@ -1,0 +1,247 @@
+"""Fine-tuning on a real local Ray: Ray Train + DeepSpeed (CPU, gloo) + MLflow, end to end.
+
+Covers the checkpoint and registry a run leaves, resuming after a training worker is killed,
+and a tracking server that dies mid-run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from crashchat.config import PreprocessConfig, TrainConfig, load_config
+from crashchat.data.tasks import get_mixture
+from crashchat.models.checkpoint import load_checkpoint, verify_checkpoint
+from crashchat.training.runner import ResourceError, check_resources, run_training
+from crashchat.video.pipeline import run_preprocess
+from mlflow_server import MlflowServer
+
+REPO = Path(__file__).resolve().parents[1]
+MIXTURE = "linguistic_centric"
+
+
+@pytest.fixture(scope="module")
+def local_ray():  # type: ignore[no-untyped-def]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def train_data(local_ray, synth_dir: Path, tiny_model_dir: Path, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("train_data")
+    # 2 fps keeps sequences short: the tests exercise the machinery, not learning.
+    run_preprocess([synth_dir], synth_dir, tiny_model_dir, out, PreprocessConfig(fps=2), None)
+    return out
+
+
+def _cfg(tmp: Path, uri: str, **schedule: Any) -> TrainConfig:
+    cfg = load_config(REPO / "jobs/configs/tiny-cpu.yaml", TrainConfig)
+    cfg.tracking.uri = uri
+    cfg.tracking.retry_interval_s = 1.0
+    cfg.tracking.request_timeout_s = 2.0
+    for key, value in schedule.items():
+        setattr(cfg.schedule, key, value)
+    return cfg
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _metric_steps(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+@pytest.mark.timeout(600)
+def test_train_one_mixture_end_to_end(
+    train_data: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = _cfg(tmp_path, uri, max_steps=6, eval_every=3, save_every=3)
+    results, note = run_training(
+        cfg, train_data, str(tiny_model_dir), tmp_path / "out", [get_mixture(MIXTURE)]
+    )
+    assert note is None
+    (res,) = results
+    assert res.error is None, res.error
+    assert res.steps == 6 and [h["step"] for h in res.history] == [1, 2, 3, 4, 5, 6]
+    assert [e["step"] for e in res.evals] == [3, 6]
+    first, last = res.history[0]["train_loss"], res.history[-1]["train_loss"]
+    assert last < first, f"loss did not fall: {first} -> {last}"
+
+    ckpt = tmp_path / "out" / MIXTURE
+    meta = verify_checkpoint(ckpt)
+    assert meta["tasks"] == list(get_mixture(MIXTURE).tasks)
+    assert meta["step"] == res.best_step and meta["mlflow_run_id"] == res.run_id
+    loaded = load_checkpoint(ckpt)
+    assert loaded.meta["checkpoint"]["mixture"] == MIXTURE
+
+    client = MlflowClient(uri)
+    run = client.get_run(res.run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["strategy"] == "homogeneous" and params["lora.r"] == "8"
+    assert params["schedule.global_batch_size"] == "4" and params["base_model"] == str(
+        tiny_model_dir.resolve()
+    )
+    for key in ("train_loss", "learning_rate", "samples_per_s", "tokens_per_s"):
+        assert [s for s, _ in _metric_steps(client, res.run_id, key)] == [1, 2, 3, 4, 5, 6], key
+    assert [s for s, _ in _metric_steps(client, res.run_id, "eval_loss")] == [3, 6]
+    version = client.get_model_version_by_alias("crashchat-tiny", MIXTURE)
+    assert version.run_id == res.run_id
+    assert "checkpoint" in {a.path for a in client.list_artifacts(res.run_id)}
+
+
+def _train_workers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "name"]):
+        text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
+        if "RayTrainWorker" in text:
+            found.append(proc)
+    return found
+
+
+@pytest.mark.timeout(900)
+def test_killed_worker_resumes_from_the_newest_checkpoint(
+    train_data: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = _cfg(tmp_path, uri, max_steps=10, eval_every=5, save_every=2)
+    out = tmp_path / "out"
+    thread, box = _in_thread(
+        lambda: run_training(cfg, train_data, str(tiny_model_dir), out, [get_mixture(MIXTURE)])
+    )
+    storage = out / "_ray"
+    _wait(
+        lambda: len(list(storage.glob("*/checkpoint_*"))) >= 2 or not thread.is_alive(),
+        600,
+        "two checkpoints",
+    )
+    assert thread.is_alive(), f"training ended before the kill: {box}"
+    victims = _train_workers()
+    assert victims, "no training worker process found"
+    victims[0].kill()  # SIGKILL: a real process death, no clean-up in the worker
+    thread.join(timeout=800)
+    assert not thread.is_alive(), "training did not finish after the restart"
+    assert "error" not in box, box.get("error")
+    results, _ = box["value"]
+    (res,) = results
+    assert res.error is None, res.error
+    assert res.attempts == 2, "the worker group was not restarted"
+    steps = [int(h["step"]) for h in res.history]
+    assert steps == list(range(1, 11)), steps  # continuous: nothing repeated, nothing lost
+    logged = _metric_steps(MlflowClient(uri), res.run_id, "train_loss")
+    assert [s for s, _ in logged] == steps  # MLflow holds each step exactly once
+    assert [round(v, 6) for _, v in logged] == [round(h["train_loss"], 6) for h in res.history]
+    verify_checkpoint(out / MIXTURE)
+
+
+@pytest.mark.timeout(900)
+def test_tracking_server_dying_mid_run_loses_nothing(
+    train_data: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    server = MlflowServer(tmp_path / "mlflow")
+    (tmp_path / "mlflow").mkdir()
+    server.start()
+    try:
+        cfg = _cfg(tmp_path, server.uri, max_steps=8, eval_every=4, save_every=2)
+        out = tmp_path / "out"
+        thread, box = _in_thread(
+            lambda: run_training(cfg, train_data, str(tiny_model_dir), out, [get_mixture(MIXTURE)])
+        )
+        client = MlflowClient(server.uri)
+
+        def some_metrics_logged() -> bool:
+            exp = client.get_experiment_by_name(cfg.tracking.experiment)
+            if exp is None:
+                return False
+            runs = client.search_runs([exp.experiment_id])
+            return bool(runs) and bool(client.get_metric_history(runs[0].info.run_id, "train_loss"))
+
+        _wait(lambda: some_metrics_logged() or not thread.is_alive(), 600, "first metrics")
+        server.stop()  # the tracking server goes down mid-run
+        thread.join(timeout=800)
+        assert "error" not in box, box.get("error")
+        results, note = box["value"]
+        (res,) = results
+        assert res.error is None and res.steps == 8, res.error  # training did not crash
+        assert note and "unreachable" in note and "tracking sync" in note
+        pending = out / "tracking_pending.json"
+        assert pending.is_file()
+        verify_checkpoint(out / MIXTURE)
+
+        server.start()  # back up, same store
+        done = subprocess.run(
+            [sys.executable, "-m", "crashchat.cli", "tracking", "sync", str(pending)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert not pending.exists()
+        client = MlflowClient(server.uri)
+        run = client.get_run(res.run_id)
+        assert run.info.status == "FINISHED"
+        assert [s for s, _ in _metric_steps(client, res.run_id, "train_loss")] == list(range(1, 9))
+        assert [s for s, _ in _metric_steps(client, res.run_id, "eval_loss")] == [4, 8]
+        assert client.get_model_version_by_alias("crashchat-tiny", MIXTURE).run_id == res.run_id
+    finally:
+        server.stop()
+
+
+def test_cluster_too_small_fails_fast_naming_the_shortfall(local_ray) -> None:  # type: ignore[no-untyped-def]
+    cfg = load_config(REPO / "jobs/configs/tiny-cpu.yaml", TrainConfig)
+    check_resources(cfg)  # 2 x 0.5 + 0.5 fits in 2 CPUs
+    cfg.scaling.num_workers = 4
+    cfg.schedule.global_batch_size = 4
+    with pytest.raises(ResourceError, match=r"4 workers x 0.5 CPU \+ 0.5 CPU for the data stage"):
+        check_resources(cfg)
+    cfg.scaling.num_workers = 2
+    cfg.scaling.use_gpu = True
+    with pytest.raises(ResourceError, match="2 GPUs requested"):
+        check_resources(cfg)
+
+
+@pytest.mark.timeout(300)
+def test_train_cli_rejects_bad_config_and_unknown_mixture(tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "crashchat.cli", "train", "--data", str(tmp_path),
+           "--model", "m", "--output", str(tmp_path / "o")]  # fmt: skip
+    bad = subprocess.run([*cli, "--set", "schedule.global_batch_size=3"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "global_batch_size" in bad.stderr
+    unknown = subprocess.run(
+        [*cli, "--mixture", "nope"], capture_output=True, text=True, timeout=120
+    )
+    assert unknown.returncode == 2 and "unknown mixture 'nope'" in unknown.stderr
+    nodata = subprocess.run([*cli, "--mixture", "crash_recognition"], capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert nodata.returncode == 2 and "no manifest.json" in nodata.stderr
