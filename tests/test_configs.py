@@ -12,9 +12,11 @@ from crashchat.config import (
     PreprocessConfig,
     SynthConfig,
     TinyModelConfig,
+    TrainConfig,
     apply_overrides,
     load_config,
 )
+from crashchat.training.deepspeed_config import build_deepspeed_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,6 +27,8 @@ CONFIGS: dict[str, type[BaseModel]] = {
     "jobs/configs/tiny-model.yaml": TinyModelConfig,
     "jobs/configs/preprocess.yaml": PreprocessConfig,
     "jobs/configs/preprocess-tiny.yaml": PreprocessConfig,
+    "jobs/configs/tiny-cpu.yaml": TrainConfig,
+    "jobs/configs/videollama3-7b.yaml": TrainConfig,
 }
 SKIP_DIRS = {".venv", ".git", "runs", ".cache", "node_modules"}
 
@@ -93,3 +97,52 @@ def test_preprocess_job_rejects_a_bad_override_naming_the_key(tmp_path: Path) ->
     )
     assert out.returncode == 2
     assert "--set overrides" in out.stderr and "fps" in out.stderr
+
+
+def test_train_batch_must_divide_over_workers() -> None:
+    with pytest.raises(ValueError, match="global_batch_size"):
+        TrainConfig.model_validate({"schedule": {"global_batch_size": 5}})
+    cfg = TrainConfig.model_validate({"schedule": {"global_batch_size": 24, "micro_batch_size": 2}})
+    assert cfg.grad_accum_steps == 6  # 24 / (2 workers x 2)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_deepspeed_json_is_generated_per_stage(stage: int) -> None:
+    cfg = TrainConfig.model_validate(
+        {"deepspeed": {"zero_stage": stage}, "schedule": {"global_batch_size": 8}}
+    )
+    ds = build_deepspeed_config(cfg, world_size=2, dtype="bf16")
+    assert ds["zero_optimization"]["stage"] == stage
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"]) == (8, 1)
+    assert ds["gradient_accumulation_steps"] == 4 and ds["gradient_clipping"] == 1.0
+    assert ds["bf16"] == {"enabled": True} and ds["fp16"]["enabled"] is False
+    assert "optimizer" not in ds  # torch AdamW from the loop, no fused-Adam compilation
+    assert ("stage3_gather_16bit_weights_on_model_save" in ds["zero_optimization"]) == (stage == 3)
+    assert ("allgather_partitions" in ds["zero_optimization"]) == (stage in (1, 2))
+
+
+def test_deepspeed_offload_uses_deepspeed_adam_and_needs_zero() -> None:
+    cfg = TrainConfig.model_validate(
+        {"deepspeed": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True}}
+    )
+    ds = build_deepspeed_config(cfg, world_size=2, dtype="fp32")
+    assert ds["optimizer"]["type"] == "AdamW" and ds["optimizer"]["params"]["lr"] == 1e-5
+    assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    with pytest.raises(ValueError, match="offload_params needs zero_stage 3"):
+        TrainConfig.model_validate({"deepspeed": {"zero_stage": 2, "offload_params": True}})
+
+
+def test_upstream_hyperparameters_in_the_7b_config() -> None:
+    cfg = load_config(REPO / "jobs/configs/videollama3-7b.yaml", TrainConfig)
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (64, 16, 0.05)
+    assert cfg.lora.train_projector and not cfg.lora.train_lm_head
+    assert (cfg.optim.lr, cfg.optim.scheduler, cfg.optim.warmup_ratio) == (1e-5, "cosine", 0.1)
+    assert (cfg.precision, cfg.gradient_checkpointing, cfg.deepspeed.zero_stage) == (
+        "bf16",
+        True,
+        1,
+    )
+    s = cfg.schedule
+    assert (s.global_batch_size, s.epochs, s.monotask_epochs) == (24, 10, 20)
+    assert (s.eval_every, s.save_every, s.early_stopping_patience) == (50, 50, 3)
+    assert s.early_stopping_threshold == 0.001
