@@ -377,6 +377,90 @@ def tracking_sync(
     print(json.dumps({"synced": True, "runs": tracker.run_ids}, indent=2))
 
 
+@app.command("evaluate")
+def evaluate(
+    model: Annotated[
+        str, typer.Option(help="Checkpoint folder, base model folder, or models:/NAME@ALIAS.")
+    ],
+    out: Annotated[Path, typer.Option(help="Output: predictions/<task>.json, metrics.json.")],
+    annotations: Annotated[
+        list[Path] | None, typer.Option(help="Annotation file or folder (repeatable).")
+    ] = None,
+    video_root: Annotated[
+        Path | None, typer.Option(help="Folder the video paths are under.")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Instead of annotations: a preprocessed dataset.")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Split to evaluate [default: test].")] = None,
+    address: Annotated[
+        str, typer.Option(help="'local' starts Ray here; 'auto' or HOST:PORT joins a cluster.")
+    ] = "local",
+    config: Annotated[Path | None, typer.Option(help="YAML with an EvalConfig.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: key=value.")
+    ] = None,
+) -> None:
+    """Batch inference on Ray Data, upstream metrics per task, logged to MLflow."""
+    from crashchat.config import EvalConfig
+    from crashchat.evaluation.runner import run_evaluation
+
+    overrides = list(set_ or []) + ([f"split={split}"] if split else [])
+    cfg = _load_config(config, EvalConfig, overrides)
+    if data is None and not (annotations and video_root):
+        _fail("give --data PREPROCESSED, or --annotations PATH with --video-root DIR")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_evaluation(
+                model, out, cfg, list(annotations or []), video_root, data, address
+            )
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    table = Table("task", "N", "metrics")
+    for task, suite in result.metrics.items():
+        shown = ", ".join(
+            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in suite.items()
+            if k not in ("N", "TP", "TN", "FP", "FN") and v is not None
+        )
+        table.add_row(task, str(suite["N"]), shown)
+    console.print(table)
+    print(json.dumps(result.summary(), indent=2))
+
+
+@app.command("metrics")
+def metrics(
+    task: Annotated[str, typer.Option(help="Task key of the predictions.")],
+    predictions: Annotated[
+        Path, typer.Option(help="Prediction file (JSON list, upstream format).")
+    ],
+    crash_localization_gt: Annotated[
+        Path | None,
+        typer.Option(help="Crash-localization predictions or annotations (t_acc for pre-crash)."),
+    ] = None,
+    bertscore_model: Annotated[
+        Path | None, typer.Option(help="Local BERTScore model folder (text tasks).")
+    ] = None,
+) -> None:
+    """Compute a task's metrics from a prediction file alone; prints one JSON object."""
+    from crashchat.data.tasks import get_task
+    from crashchat.evaluation.metrics import crash_starts_from, task_metrics
+    from crashchat.evaluation.predictions import PredictionFileError, load_predictions
+
+    try:
+        key = get_task(task).key
+        records = load_predictions(key, predictions)
+        starts = None
+        if crash_localization_gt is not None:
+            starts = crash_starts_from(json.loads(crash_localization_gt.read_text()))
+        elif key == "pre_crash_localization":
+            _fail("pre_crash_localization needs --crash-localization-gt (t_acc per clip)")
+    except (KeyError, PredictionFileError, FileNotFoundError, json.JSONDecodeError) as exc:
+        _fail(str(exc).strip("'\""))
+    bert = str(bertscore_model) if bertscore_model else None
+    print(json.dumps(task_metrics(key, records, starts, bert), indent=2))
+
+
 @app.command("version")
 def version() -> None:
     """Print the platform version."""

@@ -188,6 +188,10 @@ class LoraSettings(StrictModel):
         True,
         description="False trains every language-model and projector weight instead of adapters (used to pre-train a tiny stand-in base).",
     )
+    train_vision: bool = Field(
+        False,
+        description="Also train the vision encoder fully (upstream: frozen; used to pre-train a tiny stand-in base).",
+    )
 
 
 class OptimConfig(StrictModel):
@@ -343,6 +347,33 @@ class TrainConfig(StrictModel):
         """Micro-batches per optimizer step on each worker."""
         per_step = self.scaling.num_workers * self.schedule.micro_batch_size
         return self.schedule.global_batch_size // per_step
+
+
+class EvalConfig(StrictModel):
+    """Batch evaluation (``crashchat evaluate``)."""
+
+    split: str | None = Field("test", description="Evaluate rows of this split (None: all).")
+    tasks: list[str] | None = Field(None, description="Evaluate only these task keys.")
+    preprocess: PreprocessConfig = Field(
+        default_factory=PreprocessConfig,
+        description="Decoding and sampling of the evaluated clips (use the training settings).",
+    )
+    workers: int = Field(1, ge=1, description="Model actors answering in parallel.")
+    worker_num_cpus: float = Field(1.0, gt=0, description="CPUs per model actor.")
+    worker_num_gpus: float = Field(0.0, ge=0, description="GPUs per model actor.")
+    batch_size: int = Field(4, ge=1, description="Rows handed to an actor at once.")
+    max_new_tokens: int = Field(24, ge=1, description="Answer budget for short-answer tasks.")
+    max_new_tokens_text: int = Field(160, ge=1, description="Answer budget for text tasks.")
+    dtype: str = Field("auto", pattern=r"^(auto|bf16|fp16|fp32)$", description="Model dtype.")
+    attention: str = Field("auto", description="Attention implementation (auto, sdpa, ...).")
+    bertscore_model: str | None = Field(
+        None,
+        description="Local folder of a BERTScore model (e.g. roberta-large); without it BERTScore is reported as unavailable.",
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="Where evaluation metrics are logged."
+    )
+    log_to_mlflow: bool = Field(True, description="Log metrics to MLflow.")
 
 
 M = TypeVar("M", bound=BaseModel)

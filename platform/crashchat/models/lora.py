@@ -19,6 +19,7 @@ PEFT_PREFIX = "base_model.model."
 PROJECTOR_PREFIX = "model.projector."
 HEAD_PREFIXES = ("lm_head.", "model.language_model.embed_tokens.")
 LANGUAGE_PREFIX = "model.language_model."
+VISION_PREFIX = "model.vision_model."
 
 
 def _native_name(name: str) -> str:
@@ -33,6 +34,8 @@ def _full_train_prefixes(cfg: LoraSettings) -> tuple[str, ...]:
         prefixes += HEAD_PREFIXES
     if not cfg.enabled:
         prefixes += (LANGUAGE_PREFIX,)
+    if cfg.train_vision:
+        prefixes += (VISION_PREFIX,)
     return prefixes
 
 

@@ -111,18 +111,48 @@ def _all_reduce(values: list[float]) -> list[float]:
     return tensor.tolist()
 
 
+class RayTrainEnv:
+    """The loop's view of Ray Train: rank, dataset shards, checkpoint to resume, report."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+
+    def shard(self, name: str) -> Any:
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+
+    @contextlib.contextmanager
+    def resume_dir(self) -> Iterator[Path | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as ckpt_dir:
+            yield Path(ckpt_dir)
+
+    def report(self, metrics: dict[str, Any], ckpt_dir: Path) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)))
+
+
 class Worker:
     """One training worker: model engine, data shards, state; methods follow the loop's phases."""
 
-    def __init__(self, spec: RunSpec) -> None:
+    def __init__(self, spec: RunSpec, env: Any = None) -> None:
         import deepspeed
-        import ray.train
         from transformers import get_scheduler
 
         self.spec = spec
         self.cfg = cfg = TrainConfig.model_validate(spec.config)
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.env = env = env or RayTrainEnv()
+        self.rank, self.world = env.rank, env.world
         deepspeed.init_distributed(dist_backend="nccl" if cfg.scaling.use_gpu else "gloo")
         torch.manual_seed(cfg.seed)
         self.device = (
@@ -171,16 +201,15 @@ class Worker:
             config=build_deepspeed_config(cfg, self.world, self.dtype_name),
         )
         self.norm = PixelNorm(**spec.pixel_norm)
-        self.train_shard = ray.train.get_dataset_shard("train")
-        self.val_shard = ray.train.get_dataset_shard("val")
+        self.train_shard = env.shard("train")
+        self.val_shard = env.shard("val")
         self.state = TrainState(tracking=spec.tracking)
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as ckpt_dir:
+        with env.resume_dir() as ckpt_dir:
+            if ckpt_dir is not None:
                 self.engine.load_checkpoint(
                     os.path.join(ckpt_dir, DS_DIR), tag=DS_TAG, load_module_strict=False
                 )
-                self.state = TrainState.load(Path(ckpt_dir) / STATE_FILE)
+                self.state = TrainState.load(ckpt_dir / STATE_FILE)
         self.state.attempts += 1
         self.tracker: Tracker | None = None
         if self.rank == 0:
@@ -325,7 +354,6 @@ class Worker:
                 entry["logged"] = 1
 
     def _save(self, final: bool = False) -> None:
-        import ray.train
         from safetensors.torch import save_file
 
         state = self.state
@@ -357,7 +385,7 @@ class Worker:
                 "eval_loss": state.evals[-1]["eval_loss"] if state.evals else float("nan"),
                 "final": final,
             }
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            self.env.report(metrics, root)
         if self.tracker is not None and not final:
             self.tracker.flush()
 

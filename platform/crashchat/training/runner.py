@@ -123,6 +123,34 @@ def _row_counts(manifest: dict[str, Any], tasks: list[str], split: str) -> int:
     return sum(int(per.get(t, {}).get(split, 0)) for t in tasks)
 
 
+def _epochs(cfg: TrainConfig, mixture: Mixture) -> float:
+    return cfg.schedule.monotask_epochs if len(mixture.tasks) == 1 else cfg.schedule.epochs
+
+
+def build_run_spec(
+    cfg: TrainConfig,
+    manifest: dict[str, Any],
+    mixture: Mixture,
+    base_model: str,
+    run_key: str,
+    tracking: dict[str, Any],
+) -> RunSpec:
+    """What every worker of one mixture's run receives."""
+    tasks = list(mixture.tasks)
+    return RunSpec(
+        config=cfg.model_dump(mode="json"),
+        base_model=base_model,
+        mixture=mixture.name,
+        tasks=tasks,
+        epochs=_epochs(cfg, mixture),
+        train_rows=_row_counts(manifest, tasks, cfg.train_split),
+        val_rows=_row_counts(manifest, tasks, cfg.val_split),
+        pixel_norm=manifest["pixel_norm"],
+        run_key=run_key,
+        tracking=tracking,
+    )
+
+
 def _prompts_for(data_dir: Path, tasks: list[str]) -> dict[str, Any]:
     path = data_dir / "prompts.json"
     prompts = json.loads(path.read_text()) if path.is_file() else {}
@@ -204,7 +232,7 @@ class TrainingRun:
         result = MixtureResult(mixture.name, mixture.strategy, tasks, None, None)
         train_rows = _row_counts(self.manifest, tasks, cfg.train_split)
         val_rows = _row_counts(self.manifest, tasks, cfg.val_split)
-        epochs = cfg.schedule.monotask_epochs if len(tasks) == 1 else cfg.schedule.epochs
+        epochs = _epochs(cfg, mixture)
         key = f"{mixture.name}-{uuid.uuid4().hex[:8]}"
         self.tracker.create_run(
             key,
@@ -227,17 +255,8 @@ class TrainingRun:
             },
         )
         self.tracker.flush(force=True)
-        spec = RunSpec(
-            config=cfg.model_dump(mode="json"),
-            base_model=self.base_model,
-            mixture=mixture.name,
-            tasks=tasks,
-            epochs=epochs,
-            train_rows=train_rows,
-            val_rows=val_rows,
-            pixel_norm=self.manifest["pixel_norm"],
-            run_key=key,
-            tracking=self.tracker.pending(),
+        spec = build_run_spec(
+            cfg, self.manifest, mixture, self.base_model, key, self.tracker.pending()
         )
         # The worker continues the journal from here; the driver picks it up after the fit.
         self.tracker.ops = []

@@ -1,0 +1,1 @@
+"""Batch evaluation on Ray Data, the upstream metric suites, and strategy comparison."""

@@ -1,0 +1,143 @@
+"""Batch inference with Ray Data: a pool of model actors generating answers greedily.
+
+Input rows are the preprocessed samples (the same frames, processor and prompt as training);
+each actor loads the model once and answers its rows one by one, as upstream (batch 1, greedy).
+A row that fails (bad tensor, generation error) yields an error string instead of an answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from crashchat.data.tasks import AnswerKind, get_task
+from crashchat.video.model_inputs import IGNORE_INDEX
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("record_id", pa.string()),
+        ("task", pa.string()),
+        ("video", pa.string()),
+        ("prompt", pa.string()),
+        ("answer", pa.string()),
+        ("response", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+
+
+def load_for_inference(model: str, dtype: str = "auto", attention: str = "auto") -> Any:
+    """A platform checkpoint (adapter merged) or a native base model, ready for ``generate``."""
+    from crashchat.models.checkpoint import is_checkpoint, load_checkpoint
+    from crashchat.models.loading import load_model
+
+    if is_checkpoint(model):
+        return load_checkpoint(model, dtype=dtype, attention=attention)
+    return load_model(model, dtype=dtype, attention=attention)
+
+
+def prompt_length(labels: list[int], total: int) -> int:
+    """Where the answer starts: the first supervised label (all of it when there is none)."""
+    return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), total)
+
+
+class Generator:
+    """Ray Data actor: holds one model, answers rows of preprocessed samples."""
+
+    def __init__(
+        self,
+        model: str,
+        pixel_norm: dict[str, Any],
+        max_new_tokens: int,
+        max_new_tokens_text: int,
+        dtype: str = "auto",
+        attention: str = "auto",
+    ) -> None:
+        import torch
+
+        from crashchat.video.model_inputs import PixelNorm
+
+        torch.set_num_threads(1)
+        self.loaded = load_for_inference(model, dtype, attention)
+        self.norm = PixelNorm(**pixel_norm)
+        self.tokenizer = self.loaded.processor.tokenizer
+        self.limits = (max_new_tokens, max_new_tokens_text)
+
+    def answer(self, row: dict[str, Any]) -> str:
+        """Greedy answer to one sample row."""
+        import torch
+
+        from crashchat.video.samples import row_to_model_inputs
+
+        ids = [int(x) for x in row["input_ids"]]
+        start = prompt_length([int(x) for x in row["labels"]], len(ids))
+        inputs = row_to_model_inputs(
+            {**row, "input_ids": ids[:start], "labels": []}, self.norm, with_labels=False
+        )
+        device = self.loaded.model.device
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.loaded.model.dtype)
+        text_task = get_task(row["task"]).kind is AnswerKind.TEXT
+        with torch.no_grad():
+            out = self.loaded.model.generate(
+                **inputs,
+                max_new_tokens=self.limits[1] if text_task else self.limits[0],
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        return str(self.tokenizer.decode(out[0, start:], skip_special_tokens=True)).strip()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = []
+        for row in batch.to_pylist():
+            response, error = "", None
+            try:
+                response = self.answer(row)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            out.append(
+                {
+                    "record_id": row["record_id"],
+                    "task": row["task"],
+                    "video": row["video"],
+                    "prompt": row["prompt"],
+                    "answer": row["answer"],
+                    "response": response,
+                    "error": error,
+                }
+            )
+        return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
+
+
+def run_inference(
+    dataset: Any,
+    model: str,
+    pixel_norm: dict[str, Any],
+    workers: int = 1,
+    worker_num_cpus: float = 1.0,
+    worker_num_gpus: float = 0.0,
+    batch_size: int = 4,
+    max_new_tokens: int = 24,
+    max_new_tokens_text: int = 160,
+    dtype: str = "auto",
+    attention: str = "auto",
+) -> list[dict[str, Any]]:
+    """Answers for every row of ``dataset`` (a Ray dataset of sample rows)."""
+    answered = dataset.map_batches(
+        Generator,
+        fn_constructor_kwargs={
+            "model": model,
+            "pixel_norm": pixel_norm,
+            "max_new_tokens": max_new_tokens,
+            "max_new_tokens_text": max_new_tokens_text,
+            "dtype": dtype,
+            "attention": attention,
+        },
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        concurrency=workers,
+        num_cpus=worker_num_cpus,
+        num_gpus=worker_num_gpus or None,
+    )
+    return list(answered.take_all())

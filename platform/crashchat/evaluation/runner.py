@@ -1,0 +1,199 @@
+"""``crashchat evaluate``: preprocess (or reuse) clips, answer with Ray Data, score, log.
+
+Outputs in ``OUT``: ``predictions/<task>.json`` (upstream records), ``metrics.json``
+(``{task: {metric: value}}``), ``inputs/`` (the preprocessed clips, with ``failures.jsonl``) and
+``evaluation.json`` (what was evaluated and how).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crashchat.config import EvalConfig
+from crashchat.data.tasks import get_task
+from crashchat.evaluation.inference import run_inference
+from crashchat.evaluation.metrics import clip_name, task_metrics
+from crashchat.evaluation.predictions import build_record, write_predictions
+from crashchat.models.checkpoint import is_checkpoint, verify_checkpoint
+from crashchat.tracking import Tracker, resolve_tracking_uri
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation produced."""
+
+    out: Path
+    model: str
+    metrics: dict[str, dict[str, Any]]
+    counts: dict[str, int]
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    run_id: str | None = None
+    tracking_note: str | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """JSON summary."""
+        return {
+            "out": str(self.out),
+            "model": self.model,
+            "metrics": self.metrics,
+            "counts": self.counts,
+            "failures": len(self.failures),
+            "mlflow_run_id": self.run_id,
+            "tracking": self.tracking_note,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def metric_key(task: str, name: str) -> str:
+    """MLflow-safe metric name (MLflow refuses '@')."""
+    return f"{task}.{name.replace('@', '_at_')}"
+
+
+def _base_of(model: str) -> str:
+    if is_checkpoint(model):
+        return str(verify_checkpoint(model)["base_model"])
+    return model
+
+
+def score(
+    rows: list[dict[str, Any]], bertscore: str | None = None
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """Prediction records per task and their metrics, from answered rows."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        rec = build_record(
+            row["task"], row["record_id"], row["video"], row["prompt"], row["answer"],
+            row["response"] or "",
+        )  # fmt: skip
+        if row.get("error"):
+            rec["error"] = row["error"]
+        by_task.setdefault(get_task(row["task"]).key, []).append(rec)
+    starts = {
+        clip_name(r["video_path"]): float(r["gt_start"])
+        for r in by_task.get("crash_localization", [])
+    }
+    metrics = {
+        task: task_metrics(task, recs, starts, bertscore) for task, recs in sorted(by_task.items())
+    }
+    return by_task, metrics
+
+
+def run_evaluation(
+    model: str,
+    out: str | Path,
+    cfg: EvalConfig,
+    annotations: list[str | Path] | None = None,
+    video_root: str | Path | None = None,
+    data: str | Path | None = None,
+    address: str | None = None,
+) -> EvalResult:
+    """Evaluate ``model`` (checkpoint folder, base model, or ``models:/name@alias``).
+
+    Give either ``annotations`` + ``video_root`` (clips are preprocessed first, with the model's
+    processor) or ``data`` (an existing preprocessed dataset made with the same processor).
+    """
+    from crashchat.ray_utils import ensure_ray
+    from crashchat.tracking.registry import resolve_model_ref
+    from crashchat.video.pipeline import run_preprocess
+    from crashchat.video.samples import load_manifest, read_failures, read_samples
+
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    local = resolve_model_ref(model, out / "model", cfg.tracking.uri)
+    local = str(Path(local).resolve()) if Path(local).exists() else local
+    started_ray = ensure_ray(address)
+    try:
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        if data is None:
+            if not annotations or video_root is None:
+                raise ValueError("give --data, or --annotations with --video-root")
+            data = out / "inputs"
+            run_preprocess(annotations, video_root, _base_of(local), data, cfg.preprocess, None)
+        manifest = load_manifest(data)
+        dataset = read_samples(data, cfg.tasks, [cfg.split] if cfg.split else None)
+        rows = run_inference(
+            dataset,
+            local,
+            manifest["pixel_norm"],
+            workers=cfg.workers,
+            worker_num_cpus=cfg.worker_num_cpus,
+            worker_num_gpus=cfg.worker_num_gpus,
+            batch_size=cfg.batch_size,
+            max_new_tokens=cfg.max_new_tokens,
+            max_new_tokens_text=cfg.max_new_tokens_text,
+            dtype=cfg.dtype,
+            attention=cfg.attention,
+        )
+        failures = read_failures(data)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    by_task, metrics = score(rows, cfg.bertscore_model)
+    write_predictions(out / "predictions", by_task)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    counts = {t: len(r) for t, r in by_task.items()}
+    result = EvalResult(out, model, metrics, counts, failures)
+    if cfg.log_to_mlflow:
+        result.run_id, result.tracking_note = log_evaluation(model, local, metrics, cfg, out)
+    result.seconds = time.perf_counter() - started
+    (out / "evaluation.json").write_text(json.dumps(result.summary(), indent=2))
+    return result
+
+
+def _run_exists(tracker: Tracker, run_id: str) -> bool:
+    try:
+        tracker.client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - not found, or the store is down: both mean "not here"
+        return False
+    return True
+
+
+def log_evaluation(
+    model: str, local: str, metrics: dict[str, dict[str, Any]], cfg: EvalConfig, out: Path
+) -> tuple[str | None, str | None]:
+    """Log metrics to the checkpoint's training run, or to a new baseline run."""
+    tracker = Tracker(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.request_timeout_s, 0)
+    run_id = None
+    if is_checkpoint(local):
+        meta = verify_checkpoint(local)
+        run_id = meta.get("mlflow_run_id")
+        mixture, strategy = meta.get("mixture", "imported"), meta.get("strategy", "imported")
+    else:
+        mixture, strategy = "baseline", "baseline"
+    if run_id and not _run_exists(tracker, run_id):
+        run_id = None  # trained against another tracking store: record the evaluation here
+    key = run_id or f"eval-{mixture}-{int(time.time())}"
+    if run_id:
+        tracker.run_ids[key] = run_id
+    else:
+        tracker.create_run(
+            key, cfg.tracking.experiment, f"{mixture}-eval",
+            tags={"mixture": mixture, "strategy": strategy, "kind": "evaluation"},
+        )  # fmt: skip
+        tracker.log(key, params={"model": model, "mixture": mixture, "strategy": strategy})
+    values = {
+        metric_key(task, name): float(v)
+        for task, suite in metrics.items()
+        for name, v in suite.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    tracker.log(key, values, step=0, tags={"evaluated": "true"})
+    tracker.log_artifacts(key, out / "predictions", "evaluation/predictions")
+    if not run_id:
+        tracker.end_run(key)
+    tracker.flush(force=True)
+    path = tracker.save_pending(out / "tracking_pending.json")
+    note = None
+    if path is not None:
+        note = f"MLflow unreachable ({tracker.last_error}); kept in {path}"
+    return tracker.run_id(key), note
