@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from crashchat.config import (
     ConfigError,
+    EvalConfig,
     PreprocessConfig,
     SynthConfig,
     TinyModelConfig,
@@ -29,6 +30,12 @@ CONFIGS: dict[str, type[BaseModel]] = {
     "jobs/configs/preprocess-tiny.yaml": PreprocessConfig,
     "jobs/configs/tiny-cpu.yaml": TrainConfig,
     "jobs/configs/videollama3-7b.yaml": TrainConfig,
+    "jobs/configs/tiny-learn-pretrain.yaml": TrainConfig,
+    "jobs/configs/tiny-learn.yaml": TrainConfig,
+    "jobs/configs/synth-learn.yaml": SynthConfig,
+    "jobs/configs/preprocess-learn.yaml": PreprocessConfig,
+    "jobs/configs/eval-learn.yaml": EvalConfig,
+    "jobs/configs/eval-tiny.yaml": EvalConfig,
 }
 SKIP_DIRS = {".venv", ".git", "runs", ".cache", "node_modules"}
 

@@ -6,6 +6,7 @@ and a tracking server that dies mid-run.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -19,8 +20,9 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from crashchat.config import PreprocessConfig, TrainConfig, load_config
+from crashchat.config import EvalConfig, PreprocessConfig, TrainConfig, load_config
 from crashchat.data.tasks import get_mixture
+from crashchat.evaluation.runner import run_evaluation
 from crashchat.models.checkpoint import load_checkpoint, verify_checkpoint
 from crashchat.training.runner import ResourceError, check_resources, run_training
 from crashchat.video.pipeline import run_preprocess
@@ -83,15 +85,20 @@ def _metric_steps(client: MlflowClient, run_id: str, key: str) -> list[tuple[int
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-@pytest.mark.timeout(600)
-def test_train_one_mixture_end_to_end(
-    train_data: Path, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = _cfg(tmp_path, uri, max_steps=6, eval_every=3, save_every=3)
+@pytest.fixture(scope="module")
+def trained(train_data: Path, tiny_model_dir: Path, tmp_path_factory):  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    cfg = _cfg(tmp, uri, max_steps=6, eval_every=3, save_every=3)
     results, note = run_training(
-        cfg, train_data, str(tiny_model_dir), tmp_path / "out", [get_mixture(MIXTURE)]
+        cfg, train_data, str(tiny_model_dir), tmp / "out", [get_mixture(MIXTURE)]
     )
+    return results, note, uri, tmp / "out"
+
+
+@pytest.mark.timeout(600)
+def test_train_one_mixture_end_to_end(trained, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    results, note, uri, out = trained
     assert note is None
     (res,) = results
     assert res.error is None, res.error
@@ -100,7 +107,7 @@ def test_train_one_mixture_end_to_end(
     first, last = res.history[0]["train_loss"], res.history[-1]["train_loss"]
     assert last < first, f"loss did not fall: {first} -> {last}"
 
-    ckpt = tmp_path / "out" / MIXTURE
+    ckpt = out / MIXTURE
     meta = verify_checkpoint(ckpt)
     assert meta["tasks"] == list(get_mixture(MIXTURE).tasks)
     assert meta["step"] == res.best_step and meta["mlflow_run_id"] == res.run_id
@@ -121,6 +128,37 @@ def test_train_one_mixture_end_to_end(
     version = client.get_model_version_by_alias("crashchat-tiny", MIXTURE)
     assert version.run_id == res.run_id
     assert "checkpoint" in {a.path for a in client.list_artifacts(res.run_id)}
+
+
+@pytest.mark.timeout(600)
+def test_evaluate_checkpoint_registry_alias_and_baseline(  # type: ignore[no-untyped-def]
+    trained, train_data: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    results, _, uri, _ = trained
+    (res,) = results
+    cfg = EvalConfig(split="test", max_new_tokens=8, max_new_tokens_text=8)
+    cfg.tracking.uri = uri
+    # Through the registry alias, as serving finds checkpoints.
+    ev = run_evaluation(f"models:/crashchat-tiny@{MIXTURE}", tmp_path / "ev", cfg, data=train_data)
+    tasks = set(get_mixture(MIXTURE).tasks)
+    assert set(ev.metrics) == tasks
+    for task in tasks:
+        records = json.loads((tmp_path / "ev" / "predictions" / f"{task}.json").read_text())
+        assert len(records) == ev.counts[task] > 0
+        assert all({"data_id", "video_path", "prompt", "raw_response"} <= set(r) for r in records)
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(ev.metrics))
+    assert set(saved["crash_recognition"]) >= {"N", "Accuracy", "Precision", "Recall", "F1"}
+    # Metrics land in the checkpoint's own training run.
+    assert ev.run_id == res.run_id
+    client = MlflowClient(uri)
+    logged = client.get_run(res.run_id).data.metrics
+    assert logged["crash_recognition.Accuracy"] == saved["crash_recognition"]["Accuracy"]
+    # The untuned base gets its own baseline run.
+    base = run_evaluation(str(tiny_model_dir), tmp_path / "base", cfg, data=train_data)
+    run = client.get_run(base.run_id)
+    assert base.run_id != res.run_id and run.data.tags["strategy"] == "baseline"
+    assert "crash_recognition.Accuracy" in run.data.metrics
 
 
 def _train_workers() -> list[psutil.Process]:

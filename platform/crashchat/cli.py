@@ -324,6 +324,21 @@ def checkpoint_verify(
     print(json.dumps({"ok": True, "path": str(path), **meta}, indent=2))
 
 
+@checkpoint_app.command("export")
+def checkpoint_export(
+    path: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for the merged standalone model.")],
+) -> None:
+    """Merge a checkpoint into its base and write a standalone native model folder."""
+    from crashchat.models.checkpoint import CheckpointError, export_merged
+
+    try:
+        info = export_merged(path, out)
+    except CheckpointError as exc:
+        _fail(str(exc), code=1)
+    print(json.dumps(info, indent=2))
+
+
 @checkpoint_app.command("import-base")
 def checkpoint_import_base(
     src: Annotated[Path, typer.Option(help="Upstream VideoLLaMA3 folder (custom-code layout).")],
@@ -426,6 +441,30 @@ def evaluate(
         table.add_row(task, str(suite["N"]), shown)
     console.print(table)
     print(json.dumps(result.summary(), indent=2))
+
+
+@app.command("learning-bar")
+def learning_bar_cmd(
+    eval_dir: Annotated[Path, typer.Argument(help="An evaluation output folder.")],
+) -> None:
+    """Check an evaluation against the learning bar (majority rate, prior interval); exit 1 if missed."""
+    from crashchat.evaluation.reference import learning_bar
+
+    try:
+        summary = json.loads((eval_dir / "evaluation.json").read_text())
+    except FileNotFoundError:
+        _fail(f"{eval_dir} has no evaluation.json (run crashchat evaluate first)")
+    checks = learning_bar(summary["metrics"], summary.get("reference", {}))
+    if not checks:
+        _fail("no recognition or crash-localization results with reference points to check")
+    table = Table("check", "value", "needed", "result")
+    for c in checks:
+        verdict = "[green]pass" if c["passed"] else "[red]FAIL"
+        table.add_row(c["check"], f"{c['value']:.3f}", f"{c['threshold']:.3f}", verdict)
+    console.print(table)
+    print(json.dumps({"reference": summary.get("reference", {}), "checks": checks}, indent=2))
+    if not all(c["passed"] for c in checks):
+        raise typer.Exit(1)
 
 
 @app.command("metrics")

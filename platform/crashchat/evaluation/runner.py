@@ -18,6 +18,7 @@ from crashchat.data.tasks import get_task
 from crashchat.evaluation.inference import run_inference
 from crashchat.evaluation.metrics import clip_name, task_metrics
 from crashchat.evaluation.predictions import build_record, write_predictions
+from crashchat.evaluation.reference import reference_points
 from crashchat.models.checkpoint import is_checkpoint, verify_checkpoint
 from crashchat.tracking import Tracker, resolve_tracking_uri
 
@@ -34,6 +35,7 @@ class EvalResult:
     run_id: str | None = None
     tracking_note: str | None = None
     seconds: float = 0.0
+    reference: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """JSON summary."""
@@ -42,6 +44,7 @@ class EvalResult:
             "model": self.model,
             "metrics": self.metrics,
             "counts": self.counts,
+            "reference": self.reference,
             "failures": len(self.failures),
             "mlflow_run_id": self.run_id,
             "tracking": self.tracking_note,
@@ -100,7 +103,12 @@ def run_evaluation(
     from crashchat.ray_utils import ensure_ray
     from crashchat.tracking.registry import resolve_model_ref
     from crashchat.video.pipeline import run_preprocess
-    from crashchat.video.samples import load_manifest, read_failures, read_samples
+    from crashchat.video.samples import (
+        load_manifest,
+        read_failures,
+        read_samples,
+        read_samples_table,
+    )
 
     started = time.perf_counter()
     out = Path(out)
@@ -133,6 +141,8 @@ def run_evaluation(
             attention=cfg.attention,
         )
         failures = read_failures(data)
+        ref_rows = read_samples_table(data).select(["task", "split", "answer"]).to_pylist()
+        reference = reference_points(ref_rows, cfg.split or "test")
     finally:
         if started_ray:
             import ray
@@ -142,7 +152,7 @@ def run_evaluation(
     write_predictions(out / "predictions", by_task)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     counts = {t: len(r) for t, r in by_task.items()}
-    result = EvalResult(out, model, metrics, counts, failures)
+    result = EvalResult(out, model, metrics, counts, failures, reference=reference)
     if cfg.log_to_mlflow:
         result.run_id, result.tracking_note = log_evaluation(model, local, metrics, cfg, out)
     result.seconds = time.perf_counter() - started
@@ -153,7 +163,7 @@ def run_evaluation(
 def _run_exists(tracker: Tracker, run_id: str) -> bool:
     try:
         tracker.client.get_run(run_id)
-    except Exception:  # noqa: BLE001 - not found, or the store is down: both mean "not here"
+    except Exception:
         return False
     return True
 

@@ -219,3 +219,29 @@ def load_checkpoint(
     processor = AutoProcessor.from_pretrained(str(root / PROCESSOR_DIR), trust_remote_code=False)
     info = {**loaded.meta, "checkpoint": meta, "checkpoint_path": str(root)}
     return LoadedModel(model, processor, str(root), loaded.dtype, loaded.attn_implementation, info)
+
+
+def export_merged(path: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write a checkpoint merged into its base as a standalone native model folder.
+
+    The result loads with ``load_model`` like any base (and can be the base of further LoRA
+    fine-tuning, or be served without the platform).
+    """
+    from crashchat.models.tiny import PLATFORM_META
+
+    loaded = load_checkpoint(path, merge=True)
+    out = Path(out)
+    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        loaded.model.save_pretrained(str(staging))
+        loaded.processor.save_pretrained(str(staging))
+        meta = {k: v for k, v in loaded.meta.items() if k not in ("checkpoint", "checkpoint_path")}
+        meta["merged_from"] = {"checkpoint": str(path), **loaded.meta["checkpoint"]}
+        (staging / PLATFORM_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {"out": str(out), "base_model": loaded.meta["checkpoint"]["base_model"]}

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from crashchat.config import TrainConfig
-from crashchat.data.tasks import Mixture, get_mixture, mixtures_for_strategy
+from crashchat.data.tasks import Mixture, get_mixture, get_task, mixtures_for_strategy
 from crashchat.models.checkpoint import (
     ADAPTER_DIR,
     CONFIG_FILE,
@@ -66,9 +66,16 @@ class MixtureResult:
 
 
 def plan_mixtures(mixture: str | None, strategy: str | None) -> list[Mixture]:
-    """The mixtures to train: one named mixture, or a strategy's (``all``: the nine)."""
+    """The mixtures to train: one named mixture, or a strategy's (``all``: the nine).
+
+    ``mixture`` may also be a comma-separated list of task keys: an ad-hoc mixture named after
+    its tasks joined by ``__`` (used e.g. to pre-train a tiny stand-in base).
+    """
     if mixture and strategy:
         raise ValueError("give --mixture or --strategy, not both")
+    if mixture and "," in mixture:
+        keys = tuple(get_task(k.strip()).key for k in mixture.split(",") if k.strip())
+        return [Mixture("__".join(keys), "custom", keys)]
     if mixture:
         return [get_mixture(mixture)]
     return list(mixtures_for_strategy(strategy or "all"))
