@@ -59,11 +59,16 @@ demo: setup
 	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db $(BIN)/crashchat train \
 		--config jobs/configs/tiny-cpu.yaml --data $(DEMO_DIR)/preprocessed --model $(DEMO_DIR)/model \
 		--output $(DEMO_DIR)/checkpoints --mixture crash_recognition > $(DEMO_DIR)/train.json
-	@echo "== 6/6 evaluate the fine-tuned checkpoint (registry alias) on the test split"
+	@echo "== 6/6 evaluate the fine-tuned checkpoint (registry alias) and the untuned base; compare"
 	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db $(BIN)/crashchat evaluate \
 		--model models:/crashchat-tiny@crash_recognition --data $(DEMO_DIR)/preprocessed \
-		--out $(DEMO_DIR)/eval --config jobs/configs/eval-tiny.yaml > $(DEMO_DIR)/eval.json
-	@echo "demo finished in $(DEMO_DIR): data/, model/, preprocessed/, checkpoints/, eval/"
+		--out $(DEMO_DIR)/eval/crash_recognition --config jobs/configs/eval-tiny.yaml > $(DEMO_DIR)/eval.json
+	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db $(BIN)/crashchat evaluate \
+		--model $(DEMO_DIR)/model --data $(DEMO_DIR)/preprocessed \
+		--out $(DEMO_DIR)/eval/baseline --config jobs/configs/eval-tiny.yaml > $(DEMO_DIR)/eval-baseline.json
+	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db $(BIN)/crashchat compare \
+		--experiment crashchat-tiny-cpu --reference paper --out $(DEMO_DIR)/comparison > $(DEMO_DIR)/compare.json
+	@echo "demo finished in $(DEMO_DIR): data/, model/, preprocessed/, checkpoints/, eval/, comparison/"
 	@echo "MLflow runs: .venv/bin/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db"
 
 # Learning from pixels on 2 CPU cores (about 20 minutes): results in $(OUT)/eval.

@@ -443,6 +443,33 @@ def evaluate(
     print(json.dumps(result.summary(), indent=2))
 
 
+@app.command("compare")
+def compare(
+    experiment: Annotated[str, typer.Option(help="MLflow experiment holding the runs.")],
+    out: Annotated[Path, typer.Option(help="Folder for comparison.md/.csv/.png.")] = Path(
+        "runs/comparison"
+    ),
+    reference: Annotated[
+        str | None, typer.Option(help="'paper': show the published figures beside ours.")
+    ] = None,
+) -> None:
+    """Strategy comparison table from MLflow, with deltas and the best checkpoint per task."""
+    from crashchat.evaluation.compare import run_compare, to_markdown
+
+    if reference not in (None, "paper"):
+        _fail(f"unknown reference {reference!r}; the only one is 'paper'")
+    try:
+        comp, files, run_id = run_compare(experiment, out, reference == "paper")
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    console.print(to_markdown(comp), highlight=False, markup=False)
+    print(
+        json.dumps(
+            {"files": [str(f) for f in files], "best": comp.best, "mlflow_run_id": run_id}, indent=2
+        )
+    )
+
+
 @app.command("learning-bar")
 def learning_bar_cmd(
     eval_dir: Annotated[Path, typer.Argument(help="An evaluation output folder.")],

@@ -1,0 +1,228 @@
+"""Strategy comparison from MLflow: a table per task metric, deltas, best values, paper figures.
+
+Reads the runs of one experiment: training runs carry their evaluation metrics
+(``<task>.<metric>``) and ``mixture``/``strategy`` tags; baseline evaluations are runs tagged
+``strategy=baseline``. For each task the monotask column is the run trained on that task alone,
+the homogeneous column the group run that contains it, heterogeneous the all-task run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crashchat.data.tasks import GROUPS, HETEROGENEOUS, TASK_KEYS
+
+STRATEGY_COLUMNS = ("monotask", "homogeneous", "heterogeneous", "baseline")
+SHORT = {"monotask": "Ind.", "homogeneous": "Homo.", "heterogeneous": "Hete.", "baseline": "Base"}
+METRICS: dict[str, tuple[str, ...]] = {
+    "crash_recognition": ("Accuracy", "Precision", "Recall", "F1"),
+    "crash_description": ("BLEU", "ROUGE-L_F", "BERTScore_F1"),
+    "causal_reasoning": ("BLEU", "ROUGE-L_F", "BERTScore_F1"),
+    "prevention_reasoning": ("BLEU", "ROUGE-L_F", "BERTScore_F1"),
+    "crash_localization": ("mIoU", "AP@30", "AP@50", "AP@70"),
+    "pre_crash_localization": ("mIoU", "AP@30", "AP@50", "AP@70"),
+}
+# The metric that picks each task's best checkpoint (serving routes by it).
+PRIMARY = {
+    "crash_recognition": "F1",
+    "crash_description": "ROUGE-L_F",
+    "causal_reasoning": "ROUGE-L_F",
+    "prevention_reasoning": "ROUGE-L_F",
+    "crash_localization": "mIoU",
+    "pre_crash_localization": "mIoU",
+}
+# Published CrashChat figures (test split), paper metric names mapped onto ours.
+PAPER: dict[tuple[str, str], dict[str, float]] = {
+    ("crash_recognition", "Recall"): {"monotask": 0.8839, "homogeneous": 0.9306, "heterogeneous": 0.9745, "baseline": 0.6732},
+    ("crash_recognition", "Precision"): {"monotask": 0.9395, "homogeneous": 0.9621, "heterogeneous": 0.9850, "baseline": 0.7332},
+    ("crash_recognition", "F1"): {"monotask": 0.9024, "homogeneous": 0.9433, "heterogeneous": 0.9793, "baseline": 0.5791},
+    ("crash_description", "BLEU"): {"monotask": 0.4320, "homogeneous": 0.4421, "heterogeneous": 0.4608, "baseline": 0.0221},
+    ("crash_description", "ROUGE-L_F"): {"monotask": 0.8175, "homogeneous": 0.8366, "heterogeneous": 0.8535, "baseline": 0.3805},
+    ("crash_description", "BERTScore_F1"): {"monotask": 0.9736, "homogeneous": 0.9760, "heterogeneous": 0.9783, "baseline": 0.9099},
+    ("causal_reasoning", "BLEU"): {"monotask": 0.2568, "homogeneous": 0.2729, "heterogeneous": 0.3158, "baseline": 0.1613},
+    ("causal_reasoning", "ROUGE-L_F"): {"monotask": 0.5285, "homogeneous": 0.5304, "heterogeneous": 0.5683, "baseline": 0.3706},
+    ("causal_reasoning", "BERTScore_F1"): {"monotask": 0.9244, "homogeneous": 0.9253, "heterogeneous": 0.9326, "baseline": 0.9056},
+    ("prevention_reasoning", "BLEU"): {"monotask": 0.1882, "homogeneous": 0.1970, "heterogeneous": 0.2380, "baseline": 0.0030},
+    ("prevention_reasoning", "ROUGE-L_F"): {"monotask": 0.5386, "homogeneous": 0.5568, "heterogeneous": 0.5559, "baseline": 0.3712},
+    ("prevention_reasoning", "BERTScore_F1"): {"monotask": 0.9227, "homogeneous": 0.9268, "heterogeneous": 0.9249, "baseline": 0.8920},
+    ("crash_localization", "mIoU"): {"monotask": 0.5344, "homogeneous": 0.5456, "heterogeneous": 0.4608, "baseline": 0.1636},
+    ("crash_localization", "AP@30"): {"monotask": 0.7883, "homogeneous": 0.8003, "heterogeneous": 0.7031, "baseline": 0.1885},
+    ("crash_localization", "AP@50"): {"monotask": 0.5749, "homogeneous": 0.5998, "heterogeneous": 0.4785, "baseline": 0.0602},
+    ("crash_localization", "AP@70"): {"monotask": 0.3201, "homogeneous": 0.3348, "heterogeneous": 0.2229, "baseline": 0.0129},
+    ("pre_crash_localization", "mIoU"): {"monotask": 0.4351, "homogeneous": 0.5018, "heterogeneous": 0.3148, "baseline": 0.2418},
+    ("pre_crash_localization", "AP@30"): {"monotask": 0.5207, "homogeneous": 0.5886, "heterogeneous": 0.3726, "baseline": 0.2995},
+    ("pre_crash_localization", "AP@50"): {"monotask": 0.4518, "homogeneous": 0.5293, "heterogeneous": 0.3305, "baseline": 0.2435},
+    ("pre_crash_localization", "AP@70"): {"monotask": 0.3761, "homogeneous": 0.4355, "heterogeneous": 0.2668, "baseline": 0.1850},
+}  # fmt: skip
+
+
+def _mlflow_key(task: str, metric: str) -> str:
+    return f"{task}.{metric.replace('@', '_at_')}"
+
+
+def _group_of(task: str) -> str:
+    return next(g for g, keys in GROUPS.items() if task in keys)
+
+
+@dataclass
+class Comparison:
+    """The comparison table and the best checkpoint per task."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reference: bool = False
+
+
+def collect_runs(client: Any, experiment: str) -> dict[str, Any]:
+    """Latest finished run per mixture (``baseline`` for baseline evaluations)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise FileNotFoundError(f"MLflow has no experiment named {experiment!r}")
+    runs: dict[str, Any] = {}
+    for run in client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"]):
+        tags = run.data.tags
+        if not any(k.startswith(tuple(TASK_KEYS)) for k in run.data.metrics):
+            continue  # not evaluated
+        name = "baseline" if tags.get("strategy") == "baseline" else tags.get("mixture")
+        if name and name not in runs:
+            runs[name] = run
+    return runs
+
+
+def _source_run(runs: dict[str, Any], task: str, strategy: str) -> Any:
+    name = {
+        "monotask": task,
+        "homogeneous": _group_of(task),
+        "heterogeneous": HETEROGENEOUS,
+        "baseline": "baseline",
+    }[strategy]
+    return runs.get(name)
+
+
+def build_comparison(runs: dict[str, Any], reference: bool = False) -> Comparison:
+    """Rows of ``{task, metric, <strategy>: value, deltas, best}`` and the best checkpoints."""
+    comp = Comparison(reference=reference)
+    for task in TASK_KEYS:
+        for metric in METRICS[task]:
+            row: dict[str, Any] = {"task": task, "metric": metric}
+            for strategy in STRATEGY_COLUMNS:
+                run = _source_run(runs, task, strategy)
+                value = run.data.metrics.get(_mlflow_key(task, metric)) if run else None
+                row[strategy] = value
+            ours = {s: row[s] for s in STRATEGY_COLUMNS[:3] if row[s] is not None}
+            row["best"] = max(ours, key=lambda s: ours[s]) if ours else None
+            for a, b in (("homogeneous", "monotask"), ("heterogeneous", "monotask"),
+                         ("heterogeneous", "homogeneous")):  # fmt: skip
+                delta = None
+                if row[a] is not None and row[b] is not None:
+                    delta = row[a] - row[b]
+                row[f"{SHORT[a]}-{SHORT[b]}"] = delta
+            if reference:
+                for strategy, value in PAPER.get((task, metric), {}).items():
+                    row[f"paper_{strategy}"] = value
+            comp.rows.append(row)
+        primary = PRIMARY[task]
+        candidates = []
+        for name, run in runs.items():
+            value = run.data.metrics.get(_mlflow_key(task, primary))
+            if name != "baseline" and value is not None:
+                candidates.append((value, name, run))
+        if candidates:
+            value, name, run = max(candidates, key=lambda c: c[0])
+            comp.best[task] = {
+                "mixture": name,
+                "strategy": run.data.tags.get("strategy"),
+                "run_id": run.info.run_id,
+                "checkpoint": run.data.tags.get("checkpoint"),
+                "metric": primary,
+                "value": value,
+            }
+    return comp
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.4f}" if isinstance(value, float) and value < 0 else f"{value:.4f}"
+
+
+def to_markdown(comp: Comparison) -> str:
+    """The table in Markdown, best of our three strategies in bold."""
+    deltas = ["Homo.-Ind.", "Hete.-Ind.", "Hete.-Homo."]
+    head = ["task", "metric", *[SHORT[s] for s in STRATEGY_COLUMNS], *deltas]
+    if comp.reference:
+        head += [f"paper {SHORT[s]}" for s in STRATEGY_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in comp.rows:
+        cells = [row["task"], row["metric"]]
+        for s in STRATEGY_COLUMNS:
+            text = _fmt(row[s])
+            cells.append(f"**{text}**" if row["best"] == s else text)
+        cells += [_fmt(row[d]) for d in deltas]
+        if comp.reference:
+            cells += [_fmt(row.get(f"paper_{s}")) for s in STRATEGY_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(comp: Comparison, out: str | Path) -> list[Path]:
+    """``comparison.md``, ``comparison.csv``, ``comparison.png``, ``best_checkpoints.json``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    md, csv_path, png, best = (
+        out / "comparison.md",
+        out / "comparison.csv",
+        out / "comparison.png",
+        out / "best_checkpoints.json",
+    )
+    md.write_text(to_markdown(comp))
+    fields: list[str] = []
+    for row in comp.rows:
+        fields += [k for k in row if k not in fields]
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields or ["task", "metric"], restval="")
+        writer.writeheader()
+        writer.writerows(comp.rows)
+    labels = [f"{r['task']}\n{r['metric']}" for r in comp.rows]
+    fig, ax = plt.subplots(figsize=(max(8, len(labels) * 0.6), 5))
+    width = 0.2
+    for i, strategy in enumerate(STRATEGY_COLUMNS):
+        values = [r[strategy] or 0.0 for r in comp.rows]
+        ax.bar([x + i * width for x in range(len(labels))], values, width, label=SHORT[strategy])
+    ax.set_xticks([x + 1.5 * width for x in range(len(labels))], labels, rotation=90, fontsize=6)
+    ax.set_ylabel("value")
+    ax.set_title("CrashChat strategies per task metric")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    best.write_text(json.dumps(comp.best, indent=2))
+    return [md, csv_path, png, best]
+
+
+def run_compare(
+    experiment: str, out: str | Path, reference: bool = False, tracking_uri: str | None = None
+) -> tuple[Comparison, list[Path], str | None]:
+    """Build the comparison from MLflow, write the files and log them in a comparison run."""
+    import time
+
+    from crashchat.tracking import Tracker, resolve_tracking_uri
+
+    tracker = Tracker(resolve_tracking_uri(tracking_uri), retry_interval_s=0)
+    comp = build_comparison(collect_runs(tracker.client, experiment), reference)
+    files = write_outputs(comp, out)
+    key = f"compare-{int(time.time())}"
+    tracker.create_run(key, experiment, "strategy-comparison", tags={"kind": "comparison"})
+    tracker.log_artifacts(key, Path(out), "comparison")
+    tracker.end_run(key)
+    tracker.flush(force=True)
+    return comp, files, tracker.run_id(key)
