@@ -114,7 +114,7 @@ def test_train_one_mixture_end_to_end(trained, tiny_model_dir: Path) -> None:  #
     loaded = load_checkpoint(ckpt)
     assert loaded.meta["checkpoint"]["mixture"] == MIXTURE
 
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     run = client.get_run(res.run_id)
     assert run.info.status == "FINISHED"
     params = run.data.params
@@ -151,7 +151,7 @@ def test_evaluate_checkpoint_registry_alias_and_baseline(  # type: ignore[no-unt
     assert set(saved["crash_recognition"]) >= {"N", "Accuracy", "Precision", "Recall", "F1"}
     # Metrics land in the checkpoint's own training run.
     assert ev.run_id == res.run_id
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     logged = client.get_run(res.run_id).data.metrics
     assert logged["crash_recognition.Accuracy"] == saved["crash_recognition"]["Accuracy"]
     # The untuned base gets its own baseline run.
@@ -199,7 +199,7 @@ def test_killed_worker_resumes_from_the_newest_checkpoint(
     assert res.attempts == 2, "the worker group was not restarted"
     steps = [int(h["step"]) for h in res.history]
     assert steps == list(range(1, 11)), steps  # continuous: nothing repeated, nothing lost
-    logged = _metric_steps(MlflowClient(uri), res.run_id, "train_loss")
+    logged = _metric_steps(MlflowClient(uri, registry_uri=uri), res.run_id, "train_loss")
     assert [s for s, _ in logged] == steps  # MLflow holds each step exactly once
     assert [round(v, 6) for _, v in logged] == [round(h["train_loss"], 6) for h in res.history]
     verify_checkpoint(out / MIXTURE)
@@ -218,7 +218,7 @@ def test_tracking_server_dying_mid_run_loses_nothing(
         thread, box = _in_thread(
             lambda: run_training(cfg, train_data, str(tiny_model_dir), out, [get_mixture(MIXTURE)])
         )
-        client = MlflowClient(server.uri)
+        client = MlflowClient(server.uri, registry_uri=server.uri)
 
         def some_metrics_logged() -> bool:
             exp = client.get_experiment_by_name(cfg.tracking.experiment)
@@ -246,7 +246,7 @@ def test_tracking_server_dying_mid_run_loses_nothing(
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert not pending.exists()
-        client = MlflowClient(server.uri)
+        client = MlflowClient(server.uri, registry_uri=server.uri)
         run = client.get_run(res.run_id)
         assert run.info.status == "FINISHED"
         assert [s for s, _ in _metric_steps(client, res.run_id, "train_loss")] == list(range(1, 9))

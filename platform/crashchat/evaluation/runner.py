@@ -57,6 +57,14 @@ def metric_key(task: str, name: str) -> str:
     return f"{task}.{name.replace('@', '_at_')}"
 
 
+def _trained_tasks(model: str) -> list[str] | None:
+    """A checkpoint is evaluated on the tasks it was trained on; a base model on all."""
+    if is_checkpoint(model):
+        tasks = verify_checkpoint(model).get("tasks")
+        return list(tasks) if tasks else None
+    return None
+
+
 def _base_of(model: str) -> str:
     if is_checkpoint(model):
         return str(verify_checkpoint(model)["base_model"])
@@ -126,7 +134,8 @@ def run_evaluation(
             data = out / "inputs"
             run_preprocess(annotations, video_root, _base_of(local), data, cfg.preprocess, None)
         manifest = load_manifest(data)
-        dataset = read_samples(data, cfg.tasks, [cfg.split] if cfg.split else None)
+        tasks = cfg.tasks or _trained_tasks(local)
+        dataset = read_samples(data, tasks, [cfg.split] if cfg.split else None)
         rows = run_inference(
             dataset,
             local,
