@@ -64,7 +64,8 @@ def test_compare_builds_table_deltas_best_and_files(tmp_path: Path) -> None:
     names = {f.name for f in files}
     assert names == {"comparison.md", "comparison.csv", "comparison.png", "best_checkpoints.json"}
     md = (tmp_path / "out" / "comparison.md").read_text()
-    assert "| crash_recognition | F1 | 0.7000 | 0.7500 | **0.9000** | 0.9500 |" in md
+    assert "| crash_recognition | F1 | 0.7000 | 0.7500 | **0.9000** | 0.9500 | - |" in md
+    assert "| crash_recognition | Accuracy | 0.8000 | - | - | - | 0.6000 |" in md
     with (tmp_path / "out" / "comparison.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == len(comp.rows)
     assert (tmp_path / "out" / "comparison.png").read_bytes()[:4] == b"\x89PNG"

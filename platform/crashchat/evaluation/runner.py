@@ -163,7 +163,9 @@ def run_evaluation(
     counts = {t: len(r) for t, r in by_task.items()}
     result = EvalResult(out, model, metrics, counts, failures, reference=reference)
     if cfg.log_to_mlflow:
-        result.run_id, result.tracking_note = log_evaluation(model, local, metrics, cfg, out)
+        result.run_id, result.tracking_note = log_evaluation(
+            model, local, metrics, cfg, out, reference
+        )
     result.seconds = time.perf_counter() - started
     (out / "evaluation.json").write_text(json.dumps(result.summary(), indent=2))
     return result
@@ -178,7 +180,12 @@ def _run_exists(tracker: Tracker, run_id: str) -> bool:
 
 
 def log_evaluation(
-    model: str, local: str, metrics: dict[str, dict[str, Any]], cfg: EvalConfig, out: Path
+    model: str,
+    local: str,
+    metrics: dict[str, dict[str, Any]],
+    cfg: EvalConfig,
+    out: Path,
+    reference: dict[str, Any] | None = None,
 ) -> tuple[str | None, str | None]:
     """Log metrics to the checkpoint's training run, or to a new baseline run."""
     tracker = Tracker(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.request_timeout_s, 0)
@@ -206,6 +213,13 @@ def log_evaluation(
         for name, v in suite.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
+    values.update(
+        {
+            f"reference.{k}": float(v)
+            for k, v in (reference or {}).items()
+            if isinstance(v, int | float)
+        }
+    )
     tracker.log(key, values, step=0, tags={"evaluated": "true"})
     tracker.log_artifacts(key, out / "predictions", "evaluation/predictions")
     if not run_id:
