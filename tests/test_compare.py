@@ -39,6 +39,7 @@ def test_compare_builds_table_deltas_best_and_files(tmp_path: Path) -> None:
         "heterogeneous",
         {
             "crash_recognition.F1": 0.90,
+            "reference.recognition_majority_rate": 0.6,
             "crash_localization.mIoU": 0.4,
             "crash_localization.AP_at_30": 0.5,
         },
@@ -65,7 +66,7 @@ def test_compare_builds_table_deltas_best_and_files(tmp_path: Path) -> None:
     assert names == {"comparison.md", "comparison.csv", "comparison.png", "best_checkpoints.json"}
     md = (tmp_path / "out" / "comparison.md").read_text()
     assert "| crash_recognition | F1 | 0.7000 | 0.7500 | **0.9000** | 0.9500 | - |" in md
-    assert "| crash_recognition | Accuracy | 0.8000 | - | - | - | 0.6000 |" in md
+    assert "| crash_recognition | Accuracy | **0.8000** | - | - | - | 0.6000 |" in md
     with (tmp_path / "out" / "comparison.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == len(comp.rows)
     assert (tmp_path / "out" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
