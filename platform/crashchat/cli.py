@@ -418,7 +418,7 @@ def evaluate(
 ) -> None:
     """Batch inference on Ray Data, upstream metrics per task, logged to MLflow."""
     from crashchat.config import EvalConfig
-    from crashchat.evaluation.runner import run_evaluation
+    from crashchat.evaluation.runner import ResourceError, run_evaluation
 
     overrides = list(set_ or []) + ([f"split={split}"] if split else [])
     cfg = _load_config(config, EvalConfig, overrides)
@@ -429,7 +429,7 @@ def evaluate(
             result = run_evaluation(
                 model, out, cfg, list(annotations or []), video_root, data, address
             )
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, ResourceError) as exc:
         _fail(str(exc))
     table = Table("task", "N", "metrics")
     for task, suite in result.metrics.items():

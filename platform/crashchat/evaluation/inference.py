@@ -53,12 +53,13 @@ class Generator:
         max_new_tokens_text: int,
         dtype: str = "auto",
         attention: str = "auto",
+        threads: int = 1,
     ) -> None:
         import torch
 
         from crashchat.video.model_inputs import PixelNorm
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(max(1, threads))
         self.loaded = load_for_inference(model, dtype, attention)
         self.norm = PixelNorm(**pixel_norm)
         self.tokenizer = self.loaded.processor.tokenizer
@@ -133,6 +134,7 @@ def run_inference(
             "max_new_tokens_text": max_new_tokens_text,
             "dtype": dtype,
             "attention": attention,
+            "threads": int(worker_num_cpus),
         },
         batch_size=batch_size,
         batch_format="pyarrow",

@@ -57,6 +57,28 @@ def metric_key(task: str, name: str) -> str:
     return f"{task}.{name.replace('@', '_at_')}"
 
 
+class ResourceError(RuntimeError):
+    """The cluster cannot hold the model actors and still read data."""
+
+
+def check_inference_resources(cfg: EvalConfig, read_cpus: float = 1.0) -> None:
+    """Fail fast when the actor pool would take the CPU the read stage needs (a silent hang).
+
+    Raises:
+        ResourceError: naming the numbers and what to lower.
+    """
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    need = cfg.workers * cfg.worker_num_cpus + read_cpus
+    if need > total + 1e-9:
+        raise ResourceError(
+            f"evaluation needs {cfg.workers} workers x {cfg.worker_num_cpus} CPU + {read_cpus:g} "
+            f"CPU to read data = {need:g} CPU, the cluster has {total:g}; lower workers or "
+            "worker_num_cpus"
+        )
+
+
 def _trained_tasks(model: str) -> list[str] | None:
     """A checkpoint is evaluated on the tasks it was trained on; a base model on all."""
     if is_checkpoint(model):
@@ -133,6 +155,7 @@ def run_evaluation(
                 raise ValueError("give --data, or --annotations with --video-root")
             data = out / "inputs"
             run_preprocess(annotations, video_root, _base_of(local), data, cfg.preprocess, None)
+        check_inference_resources(cfg)
         manifest = load_manifest(data)
         tasks = cfg.tasks or _trained_tasks(local)
         dataset = read_samples(data, tasks, [cfg.split] if cfg.split else None)

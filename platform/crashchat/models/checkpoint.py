@@ -17,11 +17,13 @@ recomputes every hash; :func:`load_checkpoint` refuses a checkpoint that fails i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -75,6 +77,23 @@ def _fsync_tree(root: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str | Path) -> Iterator[Path]:
+    """Yield a staging folder beside ``out`` that replaces ``out`` only when the block succeeds."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 class CheckpointWriter:
@@ -230,18 +249,10 @@ def export_merged(path: str | Path, out: str | Path) -> dict[str, Any]:
     from crashchat.models.tiny import PLATFORM_META
 
     loaded = load_checkpoint(path, merge=True)
-    out = Path(out)
-    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_directory(out) as staging:
         loaded.model.save_pretrained(str(staging))
         loaded.processor.save_pretrained(str(staging))
         meta = {k: v for k, v in loaded.meta.items() if k not in ("checkpoint", "checkpoint_path")}
         meta["merged_from"] = {"checkpoint": str(path), **loaded.meta["checkpoint"]}
         (staging / PLATFORM_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {"out": str(out), "base_model": loaded.meta["checkpoint"]["base_model"]}

@@ -10,7 +10,6 @@ native directories shard by shard so a 7B never has to fit in memory at once.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from crashchat.models.checkpoint import (
     PROCESSOR_DIR,
     PROMPTS_FILE,
     CheckpointWriter,
+    atomic_directory,
 )
 
 # Ordered: the first matching prefix wins.
@@ -184,11 +184,9 @@ def import_base(src: str | Path, out: str | Path) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(str(src))
     config = native_config(json.loads(cfg_path.read_text()), tokenizer)
     shards = _shards(src)
-    staging = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        weight_map, total = {}, 0
+    weight_map: dict[str, str] = {}
+    total = 0
+    with atomic_directory(out) as staging:
         for i, shard in enumerate(shards, 1):
             state = rename_state(load_file(str(shard)), str(shard))
             name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
@@ -203,12 +201,6 @@ def import_base(src: str | Path, out: str | Path) -> dict[str, Any]:
         config.architectures = ["VideoLlama3ForConditionalGeneration"]
         config.save_pretrained(str(staging))
         _processor(src, tokenizer).save_pretrained(str(staging))
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {"tensors": total, "shards": len(shards), "out": str(out)}
 
 
