@@ -91,15 +91,24 @@ def plan_steps(spec: RunSpec, cfg: TrainConfig, world: int) -> tuple[int, int]:
     return steps_per_epoch, total
 
 
+FETCH_MICRO_BATCHES = (
+    8  # micro-batches fetched from Ray Data at once (amortises its per-batch cost)
+)
+
+
 def _micro_batches(shard: Any, micro: int, seed: int) -> Iterator[list[dict[str, Any]]]:
+    pending: list[dict[str, Any]] = []
     for table in shard.iter_batches(
-        batch_size=micro,
+        batch_size=micro * FETCH_MICRO_BATCHES,
         batch_format="pyarrow",
-        drop_last=True,
+        prefetch_batches=2,
         local_shuffle_buffer_size=64,
         local_shuffle_seed=seed,
     ):
-        yield table.to_pylist()
+        pending.extend(table.to_pylist())
+        while len(pending) >= micro:
+            yield pending[:micro]
+            pending = pending[micro:]
 
 
 def _all_reduce(values: list[float]) -> list[float]:

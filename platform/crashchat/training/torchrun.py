@@ -38,7 +38,8 @@ class LocalShard:
         self,
         batch_size: int,
         batch_format: str = "pyarrow",
-        drop_last: bool = True,
+        drop_last: bool = False,
+        prefetch_batches: int = 1,
         local_shuffle_buffer_size: int | None = None,
         local_shuffle_seed: int | None = None,
     ) -> Iterator[pa.Table]:
