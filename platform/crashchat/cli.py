@@ -462,7 +462,7 @@ def compare(
         comp, files, run_id = run_compare(experiment, out, reference == "paper")
     except FileNotFoundError as exc:
         _fail(str(exc))
-    console.print(to_markdown(comp), highlight=False, markup=False)
+    sys.stderr.write(to_markdown(comp))  # unwrapped: a Markdown table must keep its lines
     print(
         json.dumps(
             {"files": [str(f) for f in files], "best": comp.best, "mlflow_run_id": run_id}, indent=2
