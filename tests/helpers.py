@@ -13,9 +13,9 @@ from crashchat.models.loading import load_model
 from crashchat.models.lora import apply_lora, trainable_state
 
 
-def perturbed_lora_model(model_dir: Path, settings: LoraSettings):  # type: ignore[no-untyped-def]
+def perturbed_lora_model(model_dir: Path, settings: LoraSettings, seed: int = 0):  # type: ignore[no-untyped-def]
     """A LoRA-wrapped tiny model whose adapters and projector differ from the base."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = apply_lora(load_model(model_dir).model, settings)
     with torch.no_grad():
         for p in model.parameters():
@@ -38,3 +38,34 @@ def text_inputs(model_dir: Path) -> dict[str, torch.Tensor]:
     torch.manual_seed(1)
     ids = torch.randint(10, 200, (1, 12))
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def make_checkpoints(
+    model_dir: Path, root: Path, mixtures: list[str], prompts: dict[str, str]
+) -> Path:
+    """Platform checkpoints (random perturbed adapters, one seed each) under ``root``."""
+    from crashchat.config import TrainConfig
+    from crashchat.data.tasks import get_mixture
+    from crashchat.training.runner import write_platform_checkpoint
+
+    settings = LoraSettings(r=4, alpha=8, dropout=0.0)
+    for seed, name in enumerate(mixtures, 1):
+        mixture = get_mixture(name)
+        work = root / f"work-{name}"
+        work.mkdir(parents=True)
+        model = perturbed_lora_model(model_dir, settings, seed)
+        write_platform_checkpoint(
+            root / name,
+            export_trainables(model, work),
+            str(model_dir),
+            str(model_dir),
+            {t: prompts[t] for t in mixture.tasks},
+            TrainConfig(),
+            {
+                "mixture": name,
+                "strategy": mixture.strategy,
+                "tasks": list(mixture.tasks),
+                "step": 1,
+            },
+        )
+    return root

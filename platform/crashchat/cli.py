@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -29,9 +29,15 @@ tracking_app = typer.Typer(no_args_is_help=True, help="MLflow tracking.")
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 app.add_typer(checkpoint_app, name="checkpoint")
+serve_app = typer.Typer(no_args_is_help=True, help="Ray Serve endpoint: up, down, config.")
 app.add_typer(tracking_app, name="tracking")
+app.add_typer(serve_app, name="serve")
 
 console = Console(stderr=True)
+
+if TYPE_CHECKING:
+    from crashchat.config import ServeConfig
+    from crashchat.serving.catalog import Catalog
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -525,6 +531,194 @@ def metrics(
         _fail(str(exc).strip("'\""))
     bert = str(bertscore_model) if bertscore_model else None
     print(json.dumps(task_metrics(key, records, starts, bert), indent=2))
+
+
+def _serve_catalog(
+    checkpoints: Path | None,
+    registry: str | None,
+    base_model: Path | None,
+    tracking_uri: str | None,
+    download_root: Path,
+    prompts: str | None,
+) -> tuple[Catalog, dict[str, object]]:
+    from crashchat.serving.catalog import build_catalog_from_dir, build_catalog_from_registry
+
+    if (checkpoints is None) == (registry is None):
+        _fail("give exactly one of --checkpoints DIR or --registry EXPERIMENT")
+    base = str(base_model.resolve()) if base_model else None
+    try:
+        if checkpoints is not None:
+            source: dict[str, object] = {"checkpoints": str(checkpoints.resolve())}
+            catalog = build_catalog_from_dir(checkpoints, base, prompts=prompts)
+        else:
+            source = {"registry": registry}
+            if tracking_uri:
+                source["tracking_uri"] = tracking_uri
+            catalog = build_catalog_from_registry(
+                str(registry), download_root, tracking_uri, base, prompts=prompts
+            )
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if base:
+        source["base_model"] = base
+    return catalog, source
+
+
+def _serve_config(
+    config: Path | None,
+    set_: list[str] | None,
+    host: str | None,
+    port: int | None,
+    max_upload_mb: float | None,
+    allowed_root: list[Path] | None,
+    mode: str | None,
+) -> ServeConfig:
+    from crashchat.config import ServeConfig
+
+    overrides = list(set_ or [])
+    if host:
+        overrides.append(f"host={host}")
+    if port:
+        overrides.append(f"port={port}")
+    if mode:
+        overrides.append(f"mode={mode}")
+    if max_upload_mb:
+        overrides.append(f"limits.max_upload_mb={max_upload_mb}")
+    cfg = _load_config(config, ServeConfig, overrides)
+    if allowed_root:
+        cfg.limits.allowed_roots = [str(p.resolve()) for p in allowed_root]
+    return cfg
+
+
+CheckpointsOpt = Annotated[
+    Path | None, typer.Option(help="Folder of platform checkpoints (crashchat train --output).")
+]
+RegistryOpt = Annotated[
+    str | None, typer.Option(help="MLflow experiment whose registered aliases are served.")
+]
+BaseOpt = Annotated[
+    Path | None,
+    typer.Option(help="Base model served as 'baseline' [default: the checkpoints' base]."),
+]
+ServeConfigOpt = Annotated[Path | None, typer.Option(help="YAML with a ServeConfig.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key: key=value.")
+]
+HostOpt = Annotated[str | None, typer.Option(help="Bind address [default: 127.0.0.1].")]
+PortOpt = Annotated[int | None, typer.Option(help="HTTP port [default: 8000].")]
+UploadOpt = Annotated[float | None, typer.Option(help="Largest upload, MiB.")]
+RootOpt = Annotated[
+    list[Path] | None, typer.Option(help="Folder JSON requests may read videos from (repeatable).")
+]
+ModeOpt = Annotated[str | None, typer.Option(help="replicas (default) or multiplexed.")]
+TrackingOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI for --registry.")]
+DownloadOpt = Annotated[Path, typer.Option(help="Where registry checkpoints are downloaded.")]
+
+
+@serve_app.command("up")
+def serve_up_cmd(
+    checkpoints: CheckpointsOpt = None,
+    registry: RegistryOpt = None,
+    base_model: BaseOpt = None,
+    config: ServeConfigOpt = None,
+    set_: SetOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    max_upload_mb: UploadOpt = None,
+    allowed_root: RootOpt = None,
+    mode: ModeOpt = None,
+    tracking_uri: TrackingOpt = None,
+    download_root: DownloadOpt = Path("runs/serve/models"),
+    address: Annotated[
+        str | None, typer.Option(help="Join this Ray cluster instead of starting one.")
+    ] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of a Ray started here.")] = None,
+    detach: Annotated[bool, typer.Option(help="Leave it running; stop with serve down.")] = False,
+    state_file: Annotated[Path, typer.Option(help="Record of a detached endpoint.")] = Path(
+        "runs/serve/serve-state.json"
+    ),
+) -> None:
+    """Deploy every checkpoint as an autoscaled replica group behind one HTTP router."""
+    import signal
+
+    from crashchat.serving.lifecycle import ServeSetupError, serve_down, serve_up, wait_forever
+
+    cfg = _serve_config(config, set_, host, port, max_upload_mb, allowed_root, mode)
+    catalog, _source = _serve_catalog(
+        checkpoints, registry, base_model, tracking_uri, download_root, cfg.prompts
+    )
+    stopping: list[int] = []
+
+    def _stop(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            state = serve_up(catalog, cfg, address, detach, num_cpus, state_file)
+    except ServeSetupError as exc:
+        _fail(str(exc))
+    info = {
+        "url": state.url,
+        "docs": state.url + "docs",
+        "checkpoints": catalog.names,
+        "mode": cfg.mode,
+        "ray_address": state.address,
+        "detached": detach,
+    }
+    print(json.dumps(info), flush=True)
+    if detach:
+        return
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    console.print(f"serving on {state.url} (Ctrl-C stops it)")
+    wait_forever(lambda: bool(stopping))
+    with contextlib.redirect_stdout(sys.stderr):
+        serve_down(state)
+    console.print("stopped")
+
+
+@serve_app.command("down")
+def serve_down_cmd(
+    state_file: Annotated[Path, typer.Option(help="Record of a detached endpoint.")] = Path(
+        "runs/serve/serve-state.json"
+    ),
+) -> None:
+    """Stop a detached endpoint (and the Ray head serve up started for it)."""
+    from crashchat.serving.lifecycle import ServeSetupError, serve_down
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            state = serve_down(state_file=state_file)
+    except ServeSetupError as exc:
+        _fail(str(exc))
+    print(json.dumps({"stopped": state.url}))
+
+
+@serve_app.command("config")
+def serve_config_cmd(
+    out: Annotated[Path, typer.Option(help="Serve config file to write (serve/<name>.yaml).")],
+    checkpoints: CheckpointsOpt = None,
+    registry: RegistryOpt = None,
+    base_model: BaseOpt = None,
+    config: ServeConfigOpt = None,
+    set_: SetOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    max_upload_mb: UploadOpt = None,
+    allowed_root: RootOpt = None,
+    mode: ModeOpt = None,
+    tracking_uri: TrackingOpt = None,
+    download_root: DownloadOpt = Path("runs/serve/models"),
+) -> None:
+    """Write the Serve config file equivalent to serve up (for serve deploy / RayService)."""
+    from crashchat.serving.lifecycle import build_serve_config, write_serve_config
+
+    cfg = _serve_config(config, set_, host, port, max_upload_mb, allowed_root, mode)
+    catalog, source = _serve_catalog(
+        checkpoints, registry, base_model, tracking_uri, download_root, cfg.prompts
+    )
+    written = write_serve_config(build_serve_config(catalog, cfg, source), out)
+    print(json.dumps({"written": str(written), "checkpoints": catalog.names}))
 
 
 @app.command("version")

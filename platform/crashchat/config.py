@@ -160,7 +160,7 @@ class PreprocessConfig(StrictModel):
     strict: bool = Field(False, description="Exit non-zero when any clip or record failed.")
     fault_injection: str | None = Field(
         None,
-        description="Testing aid: decodes of video paths containing this substring abort their process ('hang:SUBSTR' makes them hang instead), to exercise crash isolation and timeouts. Never set in production configs.",
+        description="Testing aid: decodes of video paths containing this substring abort their process ('hang:SUBSTR' makes them hang instead; comma-separate several), to exercise crash isolation and timeouts. Never set in production configs.",
     )
 
 
@@ -374,6 +374,141 @@ class EvalConfig(StrictModel):
         default_factory=TrackingConfig, description="Where evaluation metrics are logged."
     )
     log_to_mlflow: bool = Field(True, description="Log metrics to MLflow.")
+
+
+class AutoscalingSettings(StrictModel):
+    """Ray Serve autoscaling of one deployment (``autoscaling_config``)."""
+
+    min_replicas: int = Field(1, ge=0, description="Replicas kept when idle.")
+    max_replicas: int = Field(2, ge=1, description="Replicas at most.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at start (min).")
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+    )
+    upscale_delay_s: float = Field(5.0, ge=0, description="Load must persist this long to add.")
+    downscale_delay_s: float = Field(30.0, ge=0, description="Idle this long before removing.")
+    look_back_period_s: float = Field(
+        5.0, gt=0, description="Window the request metric is averaged over (Ray default 30)."
+    )
+    metrics_interval_s: float = Field(
+        1.0, gt=0, description="How often replicas report their load (below look_back_period_s)."
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> AutoscalingSettings:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})"
+            )
+        return self
+
+    def to_serve(self) -> dict[str, Any]:
+        """The ``autoscaling_config`` dict Ray Serve takes."""
+        out = self.model_dump(exclude_none=True)
+        return out
+
+
+class ReplicaSettings(StrictModel):
+    """Resources, queueing and autoscaling of one deployment's replicas."""
+
+    num_cpus: float = Field(0.25, ge=0, description="CPUs per replica (fractional on small hosts).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (GPU profile: 1).")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per replica (e.g. gpu_node: 0.1)."
+    )
+    max_ongoing_requests: int = Field(8, ge=1, description="Requests a replica works on at once.")
+    max_queued_requests: int = Field(
+        32, ge=-1, description="Requests queued per deployment before 503 (-1: unbounded)."
+    )
+    autoscaling: AutoscalingSettings = Field(
+        default_factory=AutoscalingSettings, description="Autoscaling of this deployment."
+    )
+    max_batch_size: int = Field(8, ge=1, description="Dynamic batching: requests per forward.")
+    batch_wait_timeout_s: float = Field(
+        0.01, ge=0, description="Dynamic batching: longest wait for a batch to fill."
+    )
+
+    def ray_actor_options(self) -> dict[str, Any]:
+        """``ray_actor_options`` for ``serve.deployment``."""
+        out: dict[str, Any] = {"num_cpus": self.num_cpus}
+        if self.num_gpus:
+            out["num_gpus"] = self.num_gpus
+        if self.resources:
+            out["resources"] = dict(self.resources)
+        return out
+
+
+class ServeLimits(StrictModel):
+    """What a request may ask for; checked before any work is done."""
+
+    max_upload_mb: float = Field(200.0, gt=0, description="Largest upload, MiB (413 above).")
+    allowed_roots: list[str] = Field(
+        default_factory=list,
+        description="Folders JSON requests may name videos under (empty: paths refused).",
+    )
+    request_timeout_s: float = Field(120.0, gt=0, description="Per-request timeout (504).")
+    max_batch_items: int = Field(10_000, ge=1, description="Items accepted in one /v1/batch.")
+    batch_concurrency: int = Field(8, ge=1, description="Items of one batch in flight at once.")
+    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503.")
+
+
+class ServeConfig(StrictModel):
+    """Ray Serve deployment of checkpoints behind one routing HTTP endpoint (``crashchat serve``)."""
+
+    app_name: str = Field("crashchat", pattern=r"^[A-Za-z0-9_-]+$", description="Serve app name.")
+    host: str = Field("127.0.0.1", description="HTTP bind address (non-loopback needs a token).")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    token_env: str = Field(
+        "CRASHCHAT_SERVE_TOKEN",
+        description="Environment variable holding the bearer token (never put the token in YAML).",
+    )
+    mode: str = Field(
+        "replicas",
+        pattern=r"^(replicas|multiplexed)$",
+        description="replicas: a replica group per checkpoint; multiplexed: one base model, "
+        "adapters swapped per request.",
+    )
+    model: ReplicaSettings = Field(
+        default_factory=ReplicaSettings, description="Defaults for every checkpoint's deployment."
+    )
+    per_checkpoint: dict[str, ReplicaSettings] = Field(
+        default_factory=dict, description="Overrides by checkpoint name (e.g. baseline)."
+    )
+    decoder: ReplicaSettings = Field(
+        default_factory=lambda: ReplicaSettings(max_ongoing_requests=4, max_batch_size=1),
+        description="The CPU deployment decoding request videos.",
+    )
+    router: ReplicaSettings = Field(
+        default_factory=lambda: ReplicaSettings(
+            num_cpus=0.1,
+            max_ongoing_requests=256,
+            max_queued_requests=-1,
+            autoscaling=AutoscalingSettings(min_replicas=1, max_replicas=1),
+            max_batch_size=1,
+        ),
+        description="The HTTP ingress.",
+    )
+    max_models_per_replica: int = Field(
+        4, ge=1, description="Multiplexed mode: adapters kept loaded per replica."
+    )
+    preprocess: PreprocessConfig = Field(
+        default_factory=PreprocessConfig,
+        description="Probe limits, sampling and frame size of request videos (as in training).",
+    )
+    prompts: str | None = Field(
+        None,
+        description="prompts.json (as preprocessing writes it) for tasks no checkpoint was "
+        "trained on: the baseline answers them with these prompts.",
+    )
+    limits: ServeLimits = Field(default_factory=ServeLimits, description="Request limits.")
+    max_new_tokens: int = Field(24, ge=1, description="Answer budget for short-answer tasks.")
+    max_new_tokens_text: int = Field(160, ge=1, description="Answer budget for text tasks.")
+    dtype: str = Field("auto", pattern=r"^(auto|bf16|fp16|fp32)$", description="Model dtype.")
+    attention: str = Field("auto", description="Attention implementation (auto, sdpa, ...).")
+
+    def replica(self, checkpoint: str) -> ReplicaSettings:
+        """Settings of ``checkpoint``'s deployment."""
+        return self.per_checkpoint.get(checkpoint, self.model)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -29,12 +29,9 @@ OUTPUT_SCHEMA = pa.schema(
 
 def load_for_inference(model: str, dtype: str = "auto", attention: str = "auto") -> Any:
     """A platform checkpoint (adapter merged) or a native base model, ready for ``generate``."""
-    from crashchat.models.checkpoint import is_checkpoint, load_checkpoint
-    from crashchat.models.loading import load_model
+    from crashchat.models.checkpoint import load_model_or_checkpoint
 
-    if is_checkpoint(model):
-        return load_checkpoint(model, dtype=dtype, attention=attention)
-    return load_model(model, dtype=dtype, attention=attention)
+    return load_model_or_checkpoint(model, dtype, attention)
 
 
 def prompt_length(labels: list[int], total: int) -> int:

@@ -256,3 +256,12 @@ def export_merged(path: str | Path, out: str | Path) -> dict[str, Any]:
         meta["merged_from"] = {"checkpoint": str(path), **loaded.meta["checkpoint"]}
         (staging / PLATFORM_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return {"out": str(out), "base_model": loaded.meta["checkpoint"]["base_model"]}
+
+
+def load_model_or_checkpoint(
+    model: str | Path, dtype: str = "auto", attention: str = "auto"
+) -> LoadedModel:
+    """A platform checkpoint (verified, adapter merged) or a native base model folder."""
+    if is_checkpoint(model):
+        return load_checkpoint(model, dtype=dtype, attention=attention)
+    return load_model(model, dtype=dtype, attention=attention)

@@ -71,12 +71,14 @@ def decode_clip(
     """
     if spec.fault_injection:
         # Testing aid: a decoder that kills its process (as decord can on bad media) or hangs.
-        hang = spec.fault_injection.startswith("hang:")
-        needle = spec.fault_injection.removeprefix("hang:")
-        if needle in path:
-            if hang:
-                time.sleep(3600)
-            os.abort()
+        # Comma-separated needles; ``hang:NEEDLE`` hangs, ``NEEDLE`` or ``abort:NEEDLE`` aborts.
+        for rule in spec.fault_injection.split(","):
+            hang = rule.startswith("hang:")
+            needle = rule.removeprefix("hang:").removeprefix("abort:")
+            if needle and needle in path:
+                if hang:
+                    time.sleep(3600)
+                os.abort()
     import decord
 
     expected = sample_frames(

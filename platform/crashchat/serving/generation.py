@@ -1,0 +1,184 @@
+"""Answer many (clip, prompt) pairs in one padded ``generate`` call, and swap adapters per request.
+
+:class:`BatchGenerator` is what a model replica holds: one loaded model, greedy decoding of a
+dynamic batch with left padding (VideoLLaMA3 concatenates every clip's patches and splits them by
+``video_grid_thw``, so clips of different lengths share a batch). :class:`AdapterBank` holds the
+base model once and applies a checkpoint's LoRA adapter and projector on demand (multiplexed
+serving).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crashchat.data.tasks import AnswerKind, get_task
+from crashchat.serving.clip_inputs import ClipInputs, concat_pixels
+from crashchat.video.model_inputs import InputBuilder
+
+
+@dataclass
+class Question:
+    """One task asked about one clip."""
+
+    clip: ClipInputs
+    task: str
+    prompt: str
+
+
+class BatchGenerator:
+    """Greedy answers for a batch of questions from one model."""
+
+    def __init__(
+        self, loaded: Any, max_new_tokens: int, max_new_tokens_text: int, threads: int = 1
+    ) -> None:
+        torch.set_num_threads(max(1, threads))
+        self.loaded = loaded
+        self.builder = InputBuilder(loaded.processor)
+        self.tokenizer = loaded.processor.tokenizer
+        self.limits = (max_new_tokens, max_new_tokens_text)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id: int = int(self.tokenizer.eos_token_id if pad is None else pad)
+
+    def _budget(self, questions: list[Question]) -> int:
+        text = any(get_task(q.task).kind is AnswerKind.TEXT for q in questions)
+        return self.limits[1] if text else self.limits[0]
+
+    def inputs(self, questions: list[Question]) -> tuple[dict[str, torch.Tensor], int]:
+        """Left-padded model inputs for ``questions`` and the padded prompt length."""
+        ids = [self.builder.tokens(q.clip.video, q.prompt, None)[0] for q in questions]
+        width = max(len(i) for i in ids)
+        input_ids = torch.tensor(
+            [[self.pad_id] * (width - len(i)) + i for i in ids], dtype=torch.long
+        )
+        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], dtype=torch.long)
+        videos = [q.clip.video for q in questions]
+        model = self.loaded.model
+        pixels = self.builder.norm.to_float(concat_pixels(videos)).to(model.dtype)
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "pixel_values_videos": pixels,
+            "video_grid_thw": torch.tensor([v.grid_thw for v in videos], dtype=torch.long),
+            "video_merge_sizes": torch.tensor([v.merge_size for v in videos], dtype=torch.long),
+            "video_compression_mask": torch.tensor(
+                [m for v in videos for m in v.compression_mask], dtype=torch.bool
+            ),
+        }
+        return {k: v.to(model.device) for k, v in inputs.items()}, width
+
+    def answer(self, questions: list[Question], model: Any = None) -> list[str]:
+        """Greedy answers, in order. ``model`` overrides the loaded one (adapter views)."""
+        if not questions:
+            return []
+        inputs, width = self.inputs(questions)
+        with torch.no_grad():
+            out = (model or self.loaded.model).generate(
+                **inputs,
+                max_new_tokens=self._budget(questions),
+                do_sample=False,
+                pad_token_id=self.pad_id,
+            )
+        return [
+            str(self.tokenizer.decode(row[width:], skip_special_tokens=True)).strip() for row in out
+        ]
+
+
+class AdapterBank:
+    """The base model once, with the adapters and trained weights of several checkpoints.
+
+    ``activate(name)`` makes one checkpoint current: its LoRA adapter is enabled and its
+    non-LoRA trained weights (the projector) are copied in. ``baseline`` disables adapters and
+    restores the base weights. Calls are serialised: one checkpoint is active at a time.
+    """
+
+    def __init__(self, base: str, dtype: str = "auto", attention: str = "auto") -> None:
+        from crashchat.models.loading import load_model
+
+        self.loaded = load_model(base, dtype=dtype, attention=attention)
+        self.peft: Any = None
+        self.base_weights: dict[str, torch.Tensor] = {}
+        self.weights: dict[str, dict[str, torch.Tensor]] = {}
+        self.current: str | None = None
+        self.lock = threading.Lock()
+
+    def load(self, name: str, path: str) -> None:
+        """Load checkpoint ``path``'s adapter and trained weights under ``name`` (verified).
+
+        Raises:
+            CheckpointError: when the checkpoint fails verification or does not fit the base.
+        """
+        from peft import PeftModel
+        from safetensors.torch import load_file
+
+        from crashchat.models.checkpoint import (
+            ADAPTER_DIR,
+            NON_LORA_FILE,
+            CheckpointError,
+            verify_checkpoint,
+        )
+
+        root = Path(path)
+        verify_checkpoint(root)
+        state = load_file(str(root / NON_LORA_FILE)) if (root / NON_LORA_FILE).is_file() else {}
+        base_model = self.peft.base_model.model if self.peft is not None else self.loaded.model
+        own = dict(base_model.named_parameters())
+        unknown = sorted(k for k in state if k not in own)
+        if unknown:
+            raise CheckpointError(f"{root / NON_LORA_FILE}: weights not in the base: {unknown[:3]}")
+        for key in state:
+            self.base_weights.setdefault(key, own[key].detach().clone())
+        with self.lock:
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(
+                    self.loaded.model, str(root / ADAPTER_DIR), adapter_name=name
+                )
+                self.peft.eval()
+            else:
+                self.peft.load_adapter(str(root / ADAPTER_DIR), adapter_name=name)
+            self.weights[name] = state
+            self.current = None
+
+    def unload(self, name: str) -> None:
+        """Forget ``name`` (multiplexing evicted it)."""
+        with self.lock:
+            self.weights.pop(name, None)
+            if self.peft is not None and name in self.peft.peft_config:
+                if self.current == name:
+                    self.current = None
+                self.peft.delete_adapter(name)
+
+    def _copy_in(self, state: dict[str, torch.Tensor]) -> None:
+        model = self.peft.base_model.model if self.peft is not None else self.loaded.model
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for key, base in self.base_weights.items():
+                params[key].copy_(state.get(key, base))
+
+    def model_for(self, name: str) -> Any:
+        """The model answering as checkpoint ``name``; call under :attr:`lock`."""
+        if name == "baseline" or self.peft is None:
+            if self.current != "baseline":
+                self._copy_in({})
+                self.current = "baseline"
+            return _AdaptersOff(self.peft) if self.peft is not None else self.loaded.model
+        if self.current != name:
+            self.peft.set_adapter(name)
+            self._copy_in(self.weights[name])
+            self.current = name
+        return self.peft
+
+
+class _AdaptersOff:
+    """``generate`` of a PEFT model with its adapters disabled."""
+
+    def __init__(self, peft: Any) -> None:
+        self.peft = peft
+
+    def generate(self, **kwargs: Any) -> Any:
+        with self.peft.disable_adapter():
+            return self.peft.generate(**kwargs)

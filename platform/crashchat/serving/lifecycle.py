@@ -1,0 +1,280 @@
+"""Bring the endpoint up and down, and write the equivalent Serve config file.
+
+``serve_up`` starts (or joins) Ray, runs the application and returns where it listens. In the
+foreground the caller waits for SIGINT/SIGTERM and calls ``serve_down``; ``detach`` starts a
+standalone Ray head (so Serve outlives this process) and records it in a state file that
+``crashchat serve down`` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from crashchat.config import ServeConfig
+from crashchat.serving.catalog import Catalog, deployment_name
+
+DEFAULT_STATE = Path("runs/serve/serve-state.json")
+APP_IMPORT_PATH = "crashchat.serving.app:build_app"
+
+
+class ServeSetupError(RuntimeError):
+    """The endpoint cannot be started as asked; the message says why and what to change."""
+
+
+@dataclass
+class ServeState:
+    """What ``serve up --detach`` started, for ``serve down``."""
+
+    address: str
+    url: str
+    app_name: str
+    started_ray: bool
+    pid: int
+
+
+def check_exposure(cfg: ServeConfig) -> None:
+    """Binding beyond loopback needs a bearer token in ``cfg.token_env``.
+
+    Raises:
+        ServeSetupError: when the host is not loopback and no token is set.
+    """
+    from crashchat.serving.requests import is_loopback
+
+    if not is_loopback(cfg.host) and not os.environ.get(cfg.token_env):
+        raise ServeSetupError(
+            f"host {cfg.host} is reachable from other machines: set a bearer token in "
+            f"${cfg.token_env} (clients send 'Authorization: Bearer <token>'), or bind 127.0.0.1"
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ray_bin() -> str:
+    return (
+        str(Path(sys.executable).with_name("ray"))
+        if Path(sys.executable).with_name("ray").exists()
+        else (shutil.which("ray") or "ray")
+    )
+
+
+def start_head(num_cpus: int | None = None) -> str:
+    """Start a standalone local Ray head (dashboard off); returns its GCS address."""
+    port = _free_port()
+    cmd = [
+        _ray_bin(),
+        "start",
+        "--head",
+        f"--port={port}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+    ]
+    if num_cpus:
+        cmd.append(f"--num-cpus={num_cpus}")
+    # Token authentication on, as Ray does for local clusters; the token lands in ~/.ray/auth_token.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    if done.returncode != 0:
+        raise ServeSetupError(f"ray start failed: {done.stderr.strip()[-800:]}")
+    return f"127.0.0.1:{port}"
+
+
+def serve_up(
+    catalog: Catalog,
+    cfg: ServeConfig,
+    address: str | None = None,
+    detach: bool = False,
+    num_cpus: int | None = None,
+    state_file: Path = DEFAULT_STATE,
+) -> ServeState:
+    """Deploy ``catalog`` under ``cfg`` and wait until every deployment is running.
+
+    Args:
+        catalog: What to serve.
+        cfg: Serve settings.
+        address: A Ray cluster to join; None starts one (in-process, or a head when detached).
+        detach: Leave the endpoint running after this process exits.
+        num_cpus: CPUs of a Ray this call starts.
+        state_file: Where a detached endpoint is recorded for ``serve down``.
+
+    Raises:
+        ServeSetupError: exposure without a token, or Ray failing to start.
+    """
+    check_exposure(cfg)
+    if address is None and detach:
+        # Before Ray is imported: it reads the auth mode once. The head start_head makes uses
+        # token authentication (as Ray does for local clusters), so this client must too.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
+    from ray import serve
+
+    from crashchat.serving.app import build_application
+
+    started = False
+    if address is None and detach:
+        address = start_head(num_cpus)
+        started = True
+    if address is None:
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+        started = True
+        address = ray.get_runtime_context().gcs_address
+    else:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        address = ray.get_runtime_context().gcs_address
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_application(catalog, cfg), name=cfg.app_name, route_prefix="/", blocking=False)
+    url = f"http://{cfg.host}:{cfg.port}/"
+    state = ServeState(address, url, cfg.app_name, started, os.getpid())
+    if detach:
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(asdict(state), indent=2))
+        ray.shutdown()
+    return state
+
+
+def serve_down(state: ServeState | None = None, state_file: Path = DEFAULT_STATE) -> ServeState:
+    """Stop Serve and the Ray that ``serve up`` started.
+
+    Raises:
+        ServeSetupError: when nothing is recorded as running.
+    """
+    if state is None:
+        if not state_file.is_file():
+            raise ServeSetupError(f"{state_file}: no detached endpoint is recorded")
+        state = ServeState(**json.loads(state_file.read_text()))
+    if state.started_ray:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # the head start_head made
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        ray.init(address=state.address, log_to_driver=False, configure_logging=False)
+    if state.started_ray:
+        serve.shutdown()
+    else:
+        serve.delete(state.app_name)
+    ray.shutdown()
+    if state.started_ray and state.pid != os.getpid():
+        stop_head(state.address)
+    state_file.unlink(missing_ok=True)
+    return state
+
+
+def head_processes(address: str) -> list[int]:
+    """PIDs of the Ray processes of the local cluster at ``address`` (GCS, raylet, workers).
+
+    Matched by the GCS port on their command lines, so other Ray clusters on the machine are
+    left alone (``ray stop`` would stop them all).
+    """
+    port = re.escape(address.rsplit(":", 1)[-1])
+    mark = re.compile(rf"(:|--gcs_server_port=|--port=){port}(?!\d)")
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "ray" in cmd and mark.search(cmd):
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_head(address: str, timeout_s: float = 30.0) -> None:
+    """Terminate the local Ray cluster at ``address`` (SIGTERM, then SIGKILL)."""
+    import signal
+
+    deadline = time.monotonic() + timeout_s
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in head_processes(address):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        while time.monotonic() < deadline and head_processes(address):
+            time.sleep(0.3)
+        if not head_processes(address):
+            return
+        deadline = time.monotonic() + 10
+
+
+def wait_forever(stop: Any) -> None:
+    """Sleep until ``stop()`` is true (set by a signal handler)."""
+    while not stop():
+        time.sleep(0.2)
+
+
+def deployment_settings(catalog: Catalog, cfg: ServeConfig) -> list[dict[str, Any]]:
+    """The ``deployments`` section of a Serve config: every deployment's scaling and resources."""
+    from crashchat.serving.app import _deployment_options
+
+    named = [("router", cfg.router), ("decoder", cfg.decoder)]
+    if cfg.mode == "multiplexed":
+        named.append(("model_multiplexed", cfg.model))
+    else:
+        named += [(deployment_name(n), cfg.replica(n)) for n in catalog.names]
+    out = []
+    for name, settings in named:
+        opts = _deployment_options(settings, name)
+        out.append(opts)
+    return out
+
+
+def build_serve_config(
+    catalog: Catalog, cfg: ServeConfig, source: dict[str, Any]
+) -> dict[str, Any]:
+    """A Serve config file (``serve run`` / ``serve deploy`` / RayService ``serveConfigV2``).
+
+    ``source`` is how the cluster finds the checkpoints: ``{"checkpoints": DIR}``,
+    ``{"registry": EXPERIMENT, ...}`` or ``{"catalog": catalog.to_args()}``.
+    """
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": cfg.host, "port": cfg.port},
+        "applications": [
+            {
+                "name": cfg.app_name,
+                "route_prefix": "/",
+                "import_path": APP_IMPORT_PATH,
+                "args": {"config": cfg.model_dump(mode="json"), **source},
+                "deployments": deployment_settings(catalog, cfg),
+            }
+        ],
+    }
+
+
+def write_serve_config(config: dict[str, Any], out: Path) -> Path:
+    """Validate ``config`` with Ray's own schema and write it as YAML.
+
+    Raises:
+        pydantic.ValidationError: when Ray's ``ServeDeploySchema`` rejects it.
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(config) if hasattr(
+        ServeDeploySchema, "model_validate"
+    ) else ServeDeploySchema.parse_obj(config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = "# Generated by `crashchat serve config`; deploy with `serve deploy` or `serve run`.\n"
+    out.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    return out

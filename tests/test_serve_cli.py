@@ -1,0 +1,180 @@
+"""``crashchat serve up`` as users run it: foreground until a signal, or detached until ``down``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from crashchat.serving.lifecycle import head_processes
+from helpers import make_checkpoints
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "crashchat.cli"]
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_model_dir: Path, synth_dir: Path, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    prompts = json.loads((synth_dir / "prompts.json").read_text())
+    return make_checkpoints(
+        tiny_model_dir, tmp_path_factory.mktemp("cli_ckpts"), ["crash_recognition"], prompts
+    )
+
+
+def _up_args(checkpoints: Path, synth_dir: Path, port: int) -> list[str]:
+    return [
+        *CLI,
+        "serve",
+        "up",
+        "--checkpoints",
+        str(checkpoints),
+        "--config",
+        str(REPO / "jobs/configs/serve-tiny.yaml"),
+        "--port",
+        str(port),
+        "--num-cpus",
+        "2",
+        "--allowed-root",
+        str(synth_dir),
+    ]
+
+
+def _analyze(url: str, clip: Path) -> dict:  # type: ignore[type-arg]
+    resp = requests.post(
+        url + "v1/analyze",
+        json={"video_path": str(clip), "tasks": ["crash_recognition"]},
+        timeout=120,
+    )
+    assert resp.status_code == 200, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_foreground_serve_stops_cleanly_on_sigterm(checkpoints: Path, synth_dir: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        _up_args(checkpoints, synth_dir, port),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # printed once every deployment runs
+        info = json.loads(line)
+        assert info["url"] == f"http://127.0.0.1:{port}/"
+        assert info["checkpoints"] == ["crash_recognition", "baseline"]
+        clip = sorted((synth_dir / "videos").glob("*.mp4"))[0]
+        assert "answer" in _analyze(info["url"], clip)["results"]["crash_recognition"]
+        family = psutil.Process(proc.pid).children(recursive=True)
+        ray_pids = set(head_processes(info["ray_address"]))
+        assert ray_pids, "the Ray started by serve up was not found"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (
+        any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
+        or head_processes(info["ray_address"])
+    ):
+        time.sleep(0.5)
+    left = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == [] and head_processes(info["ray_address"]) == []
+    assert not _port_open(port)
+
+
+def test_detached_serve_outlives_its_command_until_down(
+    checkpoints: Path, synth_dir: Path, tmp_path: Path
+) -> None:
+    port = _free_port()
+    state = tmp_path / "state.json"
+    up = subprocess.run(
+        [*_up_args(checkpoints, synth_dir, port), "--detach", "--state-file", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    address = None
+    try:
+        assert up.returncode == 0, up.stderr[-2000:]
+        info = json.loads(up.stdout.strip().splitlines()[-1])
+        address = info["ray_address"]
+        assert info["detached"] and json.loads(state.read_text())["started_ray"]
+        clip = sorted((synth_dir / "videos").glob("*.mp4"))[1]
+        assert "answer" in _analyze(info["url"], clip)["results"]["crash_recognition"]
+        down = subprocess.run(
+            [*CLI, "serve", "down", "--state-file", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert down.returncode == 0, down.stderr[-2000:]
+        assert not state.exists()
+        assert head_processes(address) == []
+        assert not _port_open(port)
+        again = subprocess.run(
+            [*CLI, "serve", "down", "--state-file", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert again.returncode == 2 and "no detached endpoint" in again.stderr
+    finally:
+        if address and head_processes(address):
+            from crashchat.serving.lifecycle import stop_head
+
+            stop_head(address)
+
+
+def test_serve_config_command_writes_a_deployable_file(checkpoints: Path, tmp_path: Path) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    out = tmp_path / "serve" / "tiny.yaml"
+    done = subprocess.run(
+        [
+            *CLI,
+            "serve",
+            "config",
+            "--out",
+            str(out),
+            "--checkpoints",
+            str(checkpoints),
+            "--config",
+            str(REPO / "jobs/configs/serve-tiny.yaml"),
+            "--max-upload-mb",
+            "12",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    import yaml
+
+    data = yaml.safe_load(out.read_text())
+    ServeDeploySchema.model_validate(data)
+    args = data["applications"][0]["args"]
+    assert args["checkpoints"] == str(checkpoints.resolve())
+    assert args["config"]["limits"]["max_upload_mb"] == 12
