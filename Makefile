@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/lock.txt | sha1sum | cut -c1-12)
 DEMO_DIR ?= runs/demo
+DEMO_PORT ?= 8000
 OUT ?= runs/learn
 LEARN_MIX := crash_recognition,crash_localization,pre_crash_localization
 
@@ -16,7 +17,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test lint typecheck pytest demo learn clean help
+.PHONY: setup test lint typecheck pytest demo learn clean help browser
 
 help:
 	@echo "make demo   - set up .venv and run the end-to-end demo (synthetic data, tiny model)"
@@ -39,27 +40,38 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-pytest: setup
+# The web-page test drives Debian's chromium; install it when missing and we may (root + apt).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+			echo "installing chromium + chromium-driver for the browser test"; \
+			(DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+			 || (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1)) \
+			|| echo "could not install chromium: the browser test will be skipped"; \
+		else echo "no chromium (and no root apt): the browser test will be skipped"; fi; \
+	fi
+
+pytest: setup browser
 	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
 demo: setup
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
-	@echo "== 1/6 synthesise crash/normal clips (jobs/configs/synth-demo.yaml)"
+	@echo "== 1/7 synthesise crash/normal clips (jobs/configs/synth-demo.yaml)"
 	$(BIN)/crashchat data synth --out $(DEMO_DIR)/data --config jobs/configs/synth-demo.yaml
-	@echo "== 2/6 validate the annotations against the videos"
+	@echo "== 2/7 validate the annotations against the videos"
 	$(BIN)/crashchat data validate $(DEMO_DIR)/data --video-root $(DEMO_DIR)/data
-	@echo "== 3/6 build the tiny VideoLLaMA3 (random weights, offline tokenizer, real processor)"
+	@echo "== 3/7 build the tiny VideoLLaMA3 (random weights, offline tokenizer, real processor)"
 	$(BIN)/crashchat model tiny --out $(DEMO_DIR)/model --config jobs/configs/tiny-model.yaml --text $(DEMO_DIR)/data
-	@echo "== 4/6 preprocess on Ray Data: probe, decode, processor -> Parquet samples"
+	@echo "== 4/7 preprocess on Ray Data: probe, decode, processor -> Parquet samples"
 	$(BIN)/crashchat preprocess --annotations $(DEMO_DIR)/data --video-root $(DEMO_DIR)/data \
 		--model $(DEMO_DIR)/model --out $(DEMO_DIR)/preprocessed --config jobs/configs/preprocess-tiny.yaml
-	@echo "== 5/6 LoRA fine-tuning on Ray Train + DeepSpeed (CPU, gloo), tracked in MLflow"
+	@echo "== 5/7 LoRA fine-tuning on Ray Train + DeepSpeed (CPU, gloo), tracked in MLflow"
 	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db $(BIN)/crashchat train \
 		--config jobs/configs/tiny-cpu.yaml --data $(DEMO_DIR)/preprocessed --model $(DEMO_DIR)/model \
 		--output $(DEMO_DIR)/checkpoints --mixture crash_recognition > $(DEMO_DIR)/train.json
-	@echo "== 6/6 evaluate the fine-tuned checkpoint (registry alias) and the untuned base; compare"
+	@echo "== 6/7 evaluate the fine-tuned checkpoint (registry alias) and the untuned base; compare"
 	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db $(BIN)/crashchat evaluate \
 		--model models:/crashchat-tiny@crash_recognition --data $(DEMO_DIR)/preprocessed \
 		--out $(DEMO_DIR)/eval/crash_recognition --config jobs/configs/eval-tiny.yaml > $(DEMO_DIR)/eval.json
@@ -68,7 +80,19 @@ demo: setup
 		--out $(DEMO_DIR)/eval/baseline --config jobs/configs/eval-tiny.yaml > $(DEMO_DIR)/eval-baseline.json
 	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db $(BIN)/crashchat compare \
 		--experiment crashchat-tiny-cpu --reference paper --out $(DEMO_DIR)/comparison > $(DEMO_DIR)/compare.json
-	@echo "demo finished in $(DEMO_DIR): data/, model/, preprocessed/, checkpoints/, eval/, comparison/"
+	@echo "== 7/7 Ray Serve: one replica group per checkpoint behind a router; bulk request over the test clips"
+	$(BIN)/crashchat serve up --checkpoints $(DEMO_DIR)/checkpoints --config jobs/configs/serve-tiny.yaml \
+		--best $(DEMO_DIR)/comparison/best_checkpoints.json --set prompts=$(DEMO_DIR)/data/prompts.json \
+		--allowed-root $(DEMO_DIR)/data --port $(DEMO_PORT) \
+		--detach --state-file $(DEMO_DIR)/serve-state.json > $(DEMO_DIR)/serve.json
+	$(BIN)/crashchat serve batch --url http://127.0.0.1:$(DEMO_PORT)/ --annotations $(DEMO_DIR)/data \
+		--split test --out $(DEMO_DIR)/serve-results.jsonl \
+		|| { $(BIN)/crashchat serve down --state-file $(DEMO_DIR)/serve-state.json; exit 1; }
+	@echo "web page: http://127.0.0.1:$(DEMO_PORT)/   API docs: http://127.0.0.1:$(DEMO_PORT)/docs"
+	@if [ "$(DEMO_KEEP_SERVING)" = "1" ]; then \
+		echo "still serving (DEMO_KEEP_SERVING=1); stop with: $(BIN)/crashchat serve down --state-file $(DEMO_DIR)/serve-state.json"; \
+	else $(BIN)/crashchat serve down --state-file $(DEMO_DIR)/serve-state.json; fi
+	@echo "demo finished in $(DEMO_DIR): data/, model/, preprocessed/, checkpoints/, eval/, comparison/, serve-results.jsonl"
 	@echo "MLflow runs: .venv/bin/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db"
 
 # Learning from pixels on 2 CPU cores (about 20 minutes): results in $(OUT)/eval.

@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from crashchat.config import ConfigError, TrainConfig, build_config
+from crashchat.ray_utils import leave_job_working_dir
 from crashchat.training.runner import ResourceError, plan_mixtures, run_training
 
 
@@ -36,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build_config(args.config, TrainConfig, args.overrides)
         mixtures = plan_mixtures(args.mixture, args.strategy)
+        data, output = Path(args.data).resolve(), Path(args.output).resolve()
+        model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+        leave_job_working_dir(output)
         results, note = run_training(
-            cfg, args.data, args.model, args.output, mixtures, args.address, on_event=print
+            cfg, data, model, output, mixtures, args.address, on_event=print
         )
     except (ConfigError, KeyError, ValueError, ResourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -10,6 +10,8 @@ from pydantic import BaseModel
 from crashchat.config import (
     ConfigError,
     EvalConfig,
+    LocalClusterConfig,
+    PipelineConfig,
     PreprocessConfig,
     ServeConfig,
     SynthConfig,
@@ -39,9 +41,18 @@ CONFIGS: dict[str, type[BaseModel]] = {
     "jobs/configs/eval-tiny.yaml": EvalConfig,
     "jobs/configs/serve-tiny.yaml": ServeConfig,
     "jobs/configs/serve-videollama3-7b.yaml": ServeConfig,
+    "jobs/configs/pipeline-tiny.yaml": PipelineConfig,
+    "cluster/local/cluster.yaml": LocalClusterConfig,
+    "jobs/configs/pipeline-7b.yaml": PipelineConfig,
 }
 # YAML with another schema, validated by the named test module.
-OTHER_SCHEMAS: dict[str, str] = {}
+OTHER_SCHEMAS: dict[str, str] = {
+    "cluster/aws.yaml": "test_cluster_files.py (Ray's ray-schema.json)",
+    "cluster/kuberay/raycluster.yaml": "test_cluster_files.py (KubeRay structure)",
+    "cluster/kuberay/rayjob.yaml": "test_cluster_files.py (KubeRay structure)",
+    "cluster/kuberay/rayservice.yaml": "test_cluster_files.py (KubeRay + ServeDeploySchema)",
+    "cluster/kuberay/redis.yaml": "test_cluster_files.py (GCS fault tolerance)",
+}
 SKIP_DIRS = {".venv", ".git", "runs", ".cache", "node_modules"}
 
 

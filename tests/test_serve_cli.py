@@ -14,7 +14,7 @@ import psutil
 import pytest
 import requests
 
-from crashchat.serving.lifecycle import head_processes
+from crashchat.local_cluster import head_processes
 from helpers import make_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,6 +134,9 @@ def test_detached_serve_outlives_its_command_until_down(
         assert not state.exists()
         assert head_processes(address) == []
         assert not _port_open(port)
+        # Forgotten as the machine's current cluster, so a later ray.init() starts afresh.
+        current = Path("/tmp/ray/ray_current_cluster")
+        assert not current.exists() or current.read_text().strip() != address
         again = subprocess.run(
             [*CLI, "serve", "down", "--state-file", str(state)],
             capture_output=True,
@@ -143,7 +146,7 @@ def test_detached_serve_outlives_its_command_until_down(
         assert again.returncode == 2 and "no detached endpoint" in again.stderr
     finally:
         if address and head_processes(address):
-            from crashchat.serving.lifecycle import stop_head
+            from crashchat.local_cluster import stop_head
 
             stop_head(address)
 

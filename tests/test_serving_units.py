@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from crashchat.config import ConfigError, ServeConfig, load_config
+from crashchat.local_cluster import head_processes
 from crashchat.serving.catalog import (
     BASELINE,
     Catalog,
@@ -22,7 +23,6 @@ from crashchat.serving.lifecycle import (
     ServeSetupError,
     build_serve_config,
     check_exposure,
-    head_processes,
     write_serve_config,
 )
 from crashchat.serving.requests import (

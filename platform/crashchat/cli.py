@@ -32,6 +32,8 @@ app.add_typer(checkpoint_app, name="checkpoint")
 serve_app = typer.Typer(no_args_is_help=True, help="Ray Serve endpoint: up, down, config.")
 app.add_typer(tracking_app, name="tracking")
 app.add_typer(serve_app, name="serve")
+cluster_app = typer.Typer(no_args_is_help=True, help="A multi-node Ray cluster on this machine.")
+app.add_typer(cluster_app, name="cluster")
 
 console = Console(stderr=True)
 
@@ -540,6 +542,7 @@ def _serve_catalog(
     tracking_uri: str | None,
     download_root: Path,
     prompts: str | None,
+    best: Path | None = None,
 ) -> tuple[Catalog, dict[str, object]]:
     from crashchat.serving.catalog import build_catalog_from_dir, build_catalog_from_registry
 
@@ -549,7 +552,7 @@ def _serve_catalog(
     try:
         if checkpoints is not None:
             source: dict[str, object] = {"checkpoints": str(checkpoints.resolve())}
-            catalog = build_catalog_from_dir(checkpoints, base, prompts=prompts)
+            catalog = build_catalog_from_dir(checkpoints, base, best, prompts=prompts)
         else:
             source = {"registry": registry}
             if tracking_uri:
@@ -610,6 +613,10 @@ UploadOpt = Annotated[float | None, typer.Option(help="Largest upload, MiB.")]
 RootOpt = Annotated[
     list[Path] | None, typer.Option(help="Folder JSON requests may read videos from (repeatable).")
 ]
+BestOpt = Annotated[
+    Path | None,
+    typer.Option(help="best_checkpoints.json from crashchat compare (routes 'auto').", exists=True),
+]
 ModeOpt = Annotated[str | None, typer.Option(help="replicas (default) or multiplexed.")]
 TrackingOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI for --registry.")]
 DownloadOpt = Annotated[Path, typer.Option(help="Where registry checkpoints are downloaded.")]
@@ -620,6 +627,7 @@ def serve_up_cmd(
     checkpoints: CheckpointsOpt = None,
     registry: RegistryOpt = None,
     base_model: BaseOpt = None,
+    best: BestOpt = None,
     config: ServeConfigOpt = None,
     set_: SetOpt = None,
     host: HostOpt = None,
@@ -645,7 +653,7 @@ def serve_up_cmd(
 
     cfg = _serve_config(config, set_, host, port, max_upload_mb, allowed_root, mode)
     catalog, _source = _serve_catalog(
-        checkpoints, registry, base_model, tracking_uri, download_root, cfg.prompts
+        checkpoints, registry, base_model, tracking_uri, download_root, cfg.prompts, best
     )
     stopping: list[int] = []
 
@@ -677,6 +685,74 @@ def serve_up_cmd(
     console.print("stopped")
 
 
+@serve_app.command("batch")
+def serve_batch_cmd(
+    videos: Annotated[
+        list[Path] | None, typer.Argument(help="Video files or folders of them.")
+    ] = None,
+    url: Annotated[str, typer.Option(help="The endpoint.")] = "http://127.0.0.1:8000/",
+    annotations: Annotated[
+        Path | None, typer.Option(help="Instead of videos: the clips these annotations name.")
+    ] = None,
+    video_root: Annotated[
+        Path | None, typer.Option(help="Folder the annotations' video paths are under.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of the annotations to send.")] = "test",
+    tasks: Annotated[str, typer.Option(help="Comma-separated task keys, or 'all'.")] = "all",
+    checkpoint: Annotated[str, typer.Option(help="A checkpoint name, or 'auto'.")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Write every result line here (JSONL).")] = None,
+    token_env: Annotated[
+        str, typer.Option(help="Environment variable holding the bearer token.")
+    ] = "CRASHCHAT_SERVE_TOKEN",
+) -> None:
+    """Send videos in bulk to /v1/batch; print a crash report per clip and a summary."""
+    import os
+
+    from crashchat.serving.client import batch_items, send_batch, videos_from, videos_of_split
+
+    if annotations is not None:
+        clips = videos_of_split(annotations, video_root or annotations, split)
+    else:
+        clips = videos_from(list(videos or []))
+    if not clips:
+        _fail("no videos to send (give video files/folders, or --annotations with clips)")
+    table = Table("clip", "crash", "interval (s)", "pre-crash cue (s)", "description")
+    lines = []
+    try:
+        for line in send_batch(
+            url, batch_items(clips, tasks, checkpoint), os.environ.get(token_env)
+        ):
+            lines.append(line)
+            if "result" in line:
+                rep = line["result"]["report"]
+                iv = rep.get("crash_interval_s")
+                table.add_row(
+                    str(line["id"]),
+                    str(rep.get("crash", "")),
+                    f"{iv[0]:.1f} - {iv[1]:.1f}" if iv else "",
+                    str(rep.get("pre_crash_cue_s", "") or ""),
+                    str(rep.get("description", "") or "")[:60],
+                )
+            elif "error" in line:
+                table.add_row(
+                    str(line["id"]),
+                    f"[red]error {line['error']['status']}",
+                    "",
+                    "",
+                    line["error"]["detail"][:60],
+                )
+    except (RuntimeError, OSError) as exc:
+        _fail(str(exc))
+    console.print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    summary = lines[-1].get("summary", {}) if lines else {}
+    print(json.dumps({"url": url, "page": url, **summary, "out": str(out) if out else None}))
+    if summary.get("failed"):
+        raise typer.Exit(1)
+
+
 @serve_app.command("down")
 def serve_down_cmd(
     state_file: Annotated[Path, typer.Option(help="Record of a detached endpoint.")] = Path(
@@ -700,6 +776,7 @@ def serve_config_cmd(
     checkpoints: CheckpointsOpt = None,
     registry: RegistryOpt = None,
     base_model: BaseOpt = None,
+    best: BestOpt = None,
     config: ServeConfigOpt = None,
     set_: SetOpt = None,
     host: HostOpt = None,
@@ -715,10 +792,93 @@ def serve_config_cmd(
 
     cfg = _serve_config(config, set_, host, port, max_upload_mb, allowed_root, mode)
     catalog, source = _serve_catalog(
-        checkpoints, registry, base_model, tracking_uri, download_root, cfg.prompts
+        checkpoints, registry, base_model, tracking_uri, download_root, cfg.prompts, best
     )
     written = write_serve_config(build_serve_config(catalog, cfg, source), out)
     print(json.dumps({"written": str(written), "checkpoints": catalog.names}))
+
+
+@cluster_app.command("up")
+def cluster_up_cmd(
+    config: Annotated[Path, typer.Option(help="YAML with a LocalClusterConfig.")] = Path(
+        "cluster/local/cluster.yaml"
+    ),
+    state_file: Annotated[Path, typer.Option(help="Record of the cluster.")] = Path(
+        "runs/cluster/cluster-state.json"
+    ),
+) -> None:
+    """Start a head plus worker nodes (ray start) on this machine; prints the addresses."""
+    from crashchat.config import LocalClusterConfig
+    from crashchat.local_cluster import ClusterError, start_local_cluster
+
+    cfg = _load_config(config, LocalClusterConfig, None)
+    if state_file.exists():
+        _fail(f"{state_file}: a cluster is already recorded; run crashchat cluster down first")
+    try:
+        state = start_local_cluster(cfg, state_file)
+    except ClusterError as exc:
+        _fail(str(exc))
+    print(
+        json.dumps(
+            {"address": state.address, "dashboard": state.dashboard_url, "nodes": state.nodes}
+        )
+    )
+
+
+@cluster_app.command("down")
+def cluster_down_cmd(
+    state_file: Annotated[Path, typer.Option(help="Record of the cluster.")] = Path(
+        "runs/cluster/cluster-state.json"
+    ),
+) -> None:
+    """Stop the cluster crashchat cluster up started (only its processes)."""
+    from crashchat.local_cluster import ClusterError, stop_local_cluster
+
+    try:
+        state = stop_local_cluster(state_file)
+    except ClusterError as exc:
+        _fail(str(exc))
+    print(json.dumps({"stopped": state.address}))
+
+
+@app.command(
+    "submit",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def submit_cmd(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(help="preprocess | train | evaluate | serve | pipeline")],
+    address: Annotated[
+        str, typer.Option(help="Jobs API of the cluster, e.g. http://HEAD:8265.")
+    ] = "http://127.0.0.1:8265",
+    ship: Annotated[
+        bool, typer.Option(help="Ship the project (working_dir + crashchat); off for images.")
+    ] = True,
+    env: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE for the job's environment (repeatable).")
+    ] = None,
+    follow_logs: Annotated[
+        bool, typer.Option("--follow/--no-follow", help="Stream logs and exit with the status.")
+    ] = True,
+    timeout: Annotated[float | None, typer.Option(help="Stop the job after this many s.")] = None,
+) -> None:
+    """Submit jobs/<job>.py to a Ray cluster; every other option goes to the job (--config ...)."""
+    from crashchat.local_cluster import enable_token_auth
+    from crashchat.submission import SubmissionError, exit_code, follow, submit_job
+
+    enable_token_auth()
+    extra = dict(e.split("=", 1) for e in env or [] if "=" in e)
+    try:
+        client, job_id = submit_job(address, job, list(ctx.args), ship, extra)
+    except (SubmissionError, KeyError) as exc:
+        _fail(str(exc).strip("'\""))
+    console.print(f"submitted {job_id} to {address}")
+    if not follow_logs:
+        print(json.dumps({"job_id": job_id, "address": address}))
+        return
+    status = follow(client, job_id, sys.stderr.write, timeout)
+    print(json.dumps({"job_id": job_id, "address": address, "status": status}))
+    raise typer.Exit(exit_code(status))
 
 
 @app.command("version")

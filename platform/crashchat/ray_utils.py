@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def ensure_ray(address: str | None, num_cpus: int | None = None) -> bool:
@@ -16,7 +17,9 @@ def ensure_ray(address: str | None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     if address in (None, "", "local"):
+        # address="local": a new Ray here even when `ray start` left a cluster on this machine.
         ray.init(
+            address="local",
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
             log_to_driver=False,
@@ -25,3 +28,15 @@ def ensure_ray(address: str | None, num_cpus: int | None = None) -> bool:
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     return True
+
+
+def leave_job_working_dir(directory: str | Path) -> None:
+    """Move a Ray job's current directory to ``directory`` (created if missing).
+
+    Why: a job runs inside its ``working_dir`` copy, and Ray deleted that copy under a running
+    job once Ray Train's actors exited; every later ``os.getcwd()`` (MLflow's store, pathlib)
+    then failed. Resolve relative paths before calling this.
+    """
+    target = Path(directory).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    os.chdir(target)

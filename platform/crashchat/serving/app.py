@@ -91,7 +91,7 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
 
 
 def build_report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The crash report: every parsed answer under a plain name."""
+    """The crash report: each task's parsed answer under a plain name (None when unparsed)."""
     names = {
         "crash_recognition": "crash",
         "crash_localization": "crash_interval_s",
@@ -100,7 +100,11 @@ def build_report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "causal_reasoning": "cause",
         "prevention_reasoning": "prevention",
     }
-    return {names[t]: r.get("value") for t, r in results.items() if t in names and "error" not in r}
+    return {
+        names[t]: r["value"] if r.get("parsed") else None
+        for t, r in results.items()
+        if t in names and "error" not in r
+    }
 
 
 @serve.ingress(api)
@@ -493,11 +497,13 @@ def build_app(args: dict[str, Any]) -> Any:
     """
     from crashchat.config import load_config
     from crashchat.serving.catalog import build_catalog_from_dir, build_catalog_from_registry
+    from crashchat.serving.lifecycle import check_exposure
 
     if "config_path" in args:
         cfg = load_config(args["config_path"], ServeConfig)
     else:
         cfg = ServeConfig.model_validate(args.get("config") or {})
+    check_exposure(cfg)  # declarative deployments obey the same rule as `serve up`
     if "catalog" in args:
         catalog = Catalog.from_args(args["catalog"])
     elif "checkpoints" in args:

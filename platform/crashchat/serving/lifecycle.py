@@ -8,14 +8,8 @@ standalone Ray head (so Serve outlives this process) and records it in a state f
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +18,7 @@ from typing import Any
 import yaml
 
 from crashchat.config import ServeConfig
+from crashchat.local_cluster import enable_token_auth, start_head, stop_head
 from crashchat.serving.catalog import Catalog, deployment_name
 
 DEFAULT_STATE = Path("runs/serve/serve-state.json")
@@ -60,41 +55,6 @@ def check_exposure(cfg: ServeConfig) -> None:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ray_bin() -> str:
-    return (
-        str(Path(sys.executable).with_name("ray"))
-        if Path(sys.executable).with_name("ray").exists()
-        else (shutil.which("ray") or "ray")
-    )
-
-
-def start_head(num_cpus: int | None = None) -> str:
-    """Start a standalone local Ray head (dashboard off); returns its GCS address."""
-    port = _free_port()
-    cmd = [
-        _ray_bin(),
-        "start",
-        "--head",
-        f"--port={port}",
-        "--include-dashboard=false",
-        "--disable-usage-stats",
-    ]
-    if num_cpus:
-        cmd.append(f"--num-cpus={num_cpus}")
-    # Token authentication on, as Ray does for local clusters; the token lands in ~/.ray/auth_token.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ.copy())
-    if done.returncode != 0:
-        raise ServeSetupError(f"ray start failed: {done.stderr.strip()[-800:]}")
-    return f"127.0.0.1:{port}"
-
-
 def serve_up(
     catalog: Catalog,
     cfg: ServeConfig,
@@ -118,9 +78,8 @@ def serve_up(
     """
     check_exposure(cfg)
     if address is None and detach:
-        # Before Ray is imported: it reads the auth mode once. The head start_head makes uses
-        # token authentication (as Ray does for local clusters), so this client must too.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Before Ray is imported: it reads the auth mode once, and the head uses tokens.
+        enable_token_auth()
     import ray
     from ray import serve
 
@@ -132,6 +91,7 @@ def serve_up(
         started = True
     if address is None:
         ray.init(
+            address="local",
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
             log_to_driver=False,
@@ -164,7 +124,7 @@ def serve_down(state: ServeState | None = None, state_file: Path = DEFAULT_STATE
             raise ServeSetupError(f"{state_file}: no detached endpoint is recorded")
         state = ServeState(**json.loads(state_file.read_text()))
     if state.started_ray:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")  # the head start_head made
+        enable_token_auth()  # the head start_head made
     import ray
     from ray import serve
 
@@ -181,57 +141,24 @@ def serve_down(state: ServeState | None = None, state_file: Path = DEFAULT_STATE
     return state
 
 
-def head_processes(address: str) -> list[int]:
-    """PIDs of the Ray processes of the local cluster at ``address`` (GCS, raylet, workers).
-
-    Matched by the GCS port on their command lines, so other Ray clusters on the machine are
-    left alone (``ray stop`` would stop them all).
-    """
-    port = re.escape(address.rsplit(":", 1)[-1])
-    mark = re.compile(rf"(:|--gcs_server_port=|--port=){port}(?!\d)")
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "ray" in cmd and mark.search(cmd):
-            pids.append(int(proc.name))
-    return pids
-
-
-def stop_head(address: str, timeout_s: float = 30.0) -> None:
-    """Terminate the local Ray cluster at ``address`` (SIGTERM, then SIGKILL)."""
-    import signal
-
-    deadline = time.monotonic() + timeout_s
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in head_processes(address):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        while time.monotonic() < deadline and head_processes(address):
-            time.sleep(0.3)
-        if not head_processes(address):
-            return
-        deadline = time.monotonic() + 10
-
-
 def wait_forever(stop: Any) -> None:
     """Sleep until ``stop()`` is true (set by a signal handler)."""
     while not stop():
         time.sleep(0.2)
 
 
-def deployment_settings(catalog: Catalog, cfg: ServeConfig) -> list[dict[str, Any]]:
-    """The ``deployments`` section of a Serve config: every deployment's scaling and resources."""
+def deployment_settings(catalog: Catalog | None, cfg: ServeConfig) -> list[dict[str, Any]]:
+    """The ``deployments`` section of a Serve config: every deployment's scaling and resources.
+
+    Without a catalog (checkpoints resolved on the cluster, e.g. from the registry) the model
+    deployments are left out: their settings travel in ``args.config`` instead.
+    """
     from crashchat.serving.app import _deployment_options
 
     named = [("router", cfg.router), ("decoder", cfg.decoder)]
     if cfg.mode == "multiplexed":
         named.append(("model_multiplexed", cfg.model))
-    else:
+    elif catalog is not None:
         named += [(deployment_name(n), cfg.replica(n)) for n in catalog.names]
     out = []
     for name, settings in named:
@@ -241,7 +168,7 @@ def deployment_settings(catalog: Catalog, cfg: ServeConfig) -> list[dict[str, An
 
 
 def build_serve_config(
-    catalog: Catalog, cfg: ServeConfig, source: dict[str, Any]
+    catalog: Catalog | None, cfg: ServeConfig, source: dict[str, Any]
 ) -> dict[str, Any]:
     """A Serve config file (``serve run`` / ``serve deploy`` / RayService ``serveConfigV2``).
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,12 @@ class Tracker:
                 self._apply(self.ops[0])
             except Exception as exc:
                 self.failures += 1
-                self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                frames = traceback.extract_tb(exc.__traceback__)
+                where = (
+                    f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+                )
+                text = str(exc).splitlines()[0][:300] if str(exc) else ""
+                self.last_error = f"{type(exc).__name__}: {text}{where}"
                 self._next_try = time.monotonic() + self.retry_interval_s
                 return False
             self.ops.pop(0)

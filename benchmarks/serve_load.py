@@ -1,0 +1,221 @@
+"""Serving load benchmark: dynamic batching on vs off, and the router's overhead.
+
+Run: ``.venv/bin/python benchmarks/serve_load.py [--seconds 20] [--concurrency 16]``
+
+In one run, on a local Ray with the tiny model (one LoRA checkpoint, jobs/configs/serve-tiny.yaml),
+loopback only and bounded in requests and time:
+  (a) saturation with dynamic batching (``max_batch_size`` 8) and without (1): requests/s and
+      p50/p99 latency of ``POST /v1/analyze`` (JSON path, one text task with the default answer
+      budget of 160 tokens, so the model is the bottleneck), from ``--concurrency`` clients for
+      ``--seconds``;
+  (b) below saturation (2 clients): the error rate;
+  (c) router overhead: one request at a time, p50 latency over HTTP through the router minus p50
+      of the same work done by calling the decoder and model deployment handles directly.
+Last line: ``batching_speedup=X router_overhead_ms_p50=Y p99_ms=Z error_rate=E``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = "crash_description"
+MAX_REQUESTS = 5000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _build(root: Path) -> tuple[Path, Path]:
+    """Synthetic clips, the tiny model, and one checkpoint with a random adapter."""
+    import torch
+
+    from crashchat.config import LoraSettings, SynthConfig, TinyModelConfig, TrainConfig
+    from crashchat.data.synth import generate_dataset
+    from crashchat.data.synth.labels import all_label_text
+    from crashchat.models.checkpoint import NON_LORA_FILE
+    from crashchat.models.loading import load_model
+    from crashchat.models.lora import apply_lora, trainable_state
+    from crashchat.models.tiny import build_tiny_model
+    from crashchat.training.runner import write_platform_checkpoint
+
+    data = root / "data"
+    generate_dataset(data, SynthConfig(videos=8, seed=3))
+    model_dir = build_tiny_model(root / "model", TinyModelConfig(), all_label_text())
+    torch.manual_seed(0)
+    model = apply_lora(load_model(model_dir).model, LoraSettings(r=4, alpha=8, dropout=0.0))
+    adapter, non_lora = trainable_state(model)
+    export = root / "export"
+    model.save_pretrained(str(export / "adapter"), state_dict=adapter)
+    from safetensors.torch import save_file
+
+    save_file(non_lora, str(export / NON_LORA_FILE))
+    prompts = json.loads((data / "prompts.json").read_text())
+    write_platform_checkpoint(
+        root / "ckpts" / TASK,
+        export,
+        str(model_dir),
+        str(model_dir),
+        {TASK: prompts[TASK]},
+        TrainConfig(),
+        {"mixture": TASK, "strategy": "monotask", "tasks": [TASK], "step": 1},
+    )
+    return data, root / "ckpts"
+
+
+def _load(url: str, body: dict[str, Any], clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` threads posting ``body`` for ``seconds``: rps, latencies, errors."""
+    import requests
+
+    lat: list[float] = []
+    errors = [0]
+    sent = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def run() -> None:
+        session = requests.Session()
+        while time.monotonic() < stop:
+            with lock:
+                if sent[0] >= MAX_REQUESTS:
+                    return
+                sent[0] += 1
+            start = time.perf_counter()
+            try:
+                ok = session.post(url, json=body, timeout=60).status_code == 200
+            except requests.RequestException:
+                ok = False
+            with lock:
+                if ok:
+                    lat.append((time.perf_counter() - start) * 1000)
+                else:
+                    errors[0] += 1
+
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    began = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - began
+    lat.sort()
+    n = len(lat)
+    return {
+        "clients": clients,
+        "requests": n + errors[0],
+        "rps": n / elapsed,
+        "p50_ms": lat[n // 2] if n else float("nan"),
+        "p99_ms": lat[min(n - 1, int(n * 0.99))] if n else float("nan"),
+        "error_rate": errors[0] / max(1, n + errors[0]),
+    }
+
+
+def _deploy(catalog: Any, cfg: Any, batch: int) -> None:
+    from ray import serve
+
+    from crashchat.serving.app import build_application
+
+    cfg = cfg.model_copy(deep=True)
+    cfg.model.max_batch_size = batch
+    cfg.model.autoscaling.min_replicas = cfg.model.autoscaling.max_replicas = 1
+    serve.run(build_application(catalog, cfg), name="bench", route_prefix="/")
+
+
+def _direct_p50(catalog: Any, clip: Path, n: int) -> float:
+    """The router's work without the router: decoder handle, then model handle, one at a time."""
+    from ray import serve
+
+    from crashchat.serving.app import processor_group
+    from crashchat.serving.generation import Question
+
+    ckpt = catalog.checkpoints[TASK]
+    group = processor_group(ckpt)
+    decoder = serve.get_deployment_handle("decoder", "bench")
+    model = serve.get_deployment_handle(f"model_{TASK}", "bench")
+    lat = []
+    for _ in range(n):
+        start = time.perf_counter()
+        clip_inputs = decoder.decode.remote(group, {"path": str(clip)}).result(timeout_s=60)
+        model.answer.remote(Question(clip_inputs, TASK, ckpt.prompts[TASK])).result(timeout_s=60)
+        lat.append((time.perf_counter() - start) * 1000)
+    return statistics.median(lat)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--sequential", type=int, default=60, help="Requests for (c).")
+    parser.add_argument(
+        "--max-new-tokens-text",
+        type=int,
+        default=160,
+        help="Answer budget of the text task (the platform default; the random tiny model "
+        "rarely stops early, so this sets how model-bound a request is).",
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+    import ray
+    from ray import serve
+
+    from crashchat.config import ServeConfig, load_config
+    from crashchat.serving.catalog import build_catalog_from_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data, ckpts = _build(Path(tmp))
+        clip = sorted((data / "videos").glob("*.mp4"))[0]
+        cfg = load_config(REPO / "jobs/configs/serve-tiny.yaml", ServeConfig)
+        cfg.port = _free_port()
+        cfg.limits.allowed_roots = [str(data)]
+        cfg.max_new_tokens_text = args.max_new_tokens_text
+        catalog = build_catalog_from_dir(ckpts, with_baseline=False)
+        url = f"http://127.0.0.1:{cfg.port}/v1/analyze"
+        body = {"video_path": str(clip), "tasks": [TASK]}
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
+            results = {}
+            for batch in (8, 1):
+                _deploy(catalog, cfg, batch)
+                _load(url, body, 4, 3)  # warm-up
+                results[batch] = _load(url, body, args.concurrency, args.seconds)
+                print(json.dumps({"max_batch_size": batch, **results[batch]}), flush=True)
+            _deploy(catalog, cfg, 8)
+            below = _load(url, body, 2, args.seconds / 2)
+            print(json.dumps({"below_saturation": below}), flush=True)
+            import requests
+
+            http_lat = []
+            for _ in range(args.sequential):
+                start = time.perf_counter()
+                requests.post(url, json=body, timeout=60).raise_for_status()
+                http_lat.append((time.perf_counter() - start) * 1000)
+            direct = _direct_p50(catalog, clip, args.sequential)
+            http_p50 = statistics.median(http_lat)
+            print(json.dumps({"http_p50_ms": http_p50, "direct_p50_ms": direct}), flush=True)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    speedup = results[8]["rps"] / max(results[1]["rps"], 1e-9)
+    print(
+        f"batching_speedup={speedup:.2f} router_overhead_ms_p50={http_p50 - direct:.1f} "
+        f"p99_ms={results[8]['p99_ms']:.0f} error_rate={below['error_rate']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

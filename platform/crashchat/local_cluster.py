@@ -1,0 +1,255 @@
+"""Standalone Ray processes on this machine: a head, or a whole multi-node cluster.
+
+``ray start`` runs each node as its own process group; several nodes on one machine stand in for
+a cluster (a CPU-decode node, a "GPU" node with a custom resource). They are stopped by the GCS
+port on their command lines, so other Ray clusters on the machine are left alone (``ray stop``
+would stop them all). Token authentication is on, as Ray does for local clusters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from crashchat.config import LocalClusterConfig, NodeSpec
+
+DEFAULT_CLUSTER_STATE = Path("runs/cluster/cluster-state.json")
+
+
+class ClusterError(RuntimeError):
+    """A Ray process failed to start; the message carries its output."""
+
+
+@dataclass
+class ClusterState:
+    """What ``start_local_cluster`` started."""
+
+    address: str
+    dashboard_url: str
+    nodes: list[str] = field(default_factory=list)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (loopback)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_bin() -> str:
+    """The ``ray`` CLI of this interpreter's environment."""
+    here = Path(sys.executable).with_name("ray")
+    return str(here) if here.exists() else (shutil.which("ray") or "ray")
+
+
+def enable_token_auth() -> None:
+    """Token authentication for clusters this process starts or joins.
+
+    Must run before ``ray`` is imported: Ray reads the mode once.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def _node_args(node: NodeSpec) -> list[str]:
+    # Several nodes share this machine: each agent gets its own ports (the defaults collide).
+    args = [
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--num-cpus={node.num_cpus}",
+        f"--num-gpus={node.num_gpus}",
+        f"--object-store-memory={node.object_store_mb * 2**20}",
+        "--disable-usage-stats",
+    ]
+    if node.resources:
+        args.append(f"--resources={json.dumps(node.resources)}")
+    if node.labels:
+        args.append("--labels=" + ",".join(f"{k}={v}" for k, v in node.labels.items()))
+    return args
+
+
+def _run_ray_start(args: list[str]) -> None:
+    enable_token_auth()
+    env = os.environ.copy()
+    # Jobs run `python ...`: on these nodes that must be this environment's interpreter.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    done = subprocess.run(
+        [ray_bin(), "start", *args], capture_output=True, text=True, timeout=180, env=env
+    )
+    if done.returncode != 0:
+        raise ClusterError(f"ray start {' '.join(args)} failed: {done.stderr.strip()[-1500:]}")
+
+
+def start_head(
+    num_cpus: int | None = None,
+    dashboard: bool = False,
+    dashboard_host: str = "127.0.0.1",
+    dashboard_port: int = 8265,
+    node: NodeSpec | None = None,
+) -> str:
+    """Start a standalone Ray head; returns its GCS address (``host:port``)."""
+    port = free_port()
+    args = ["--head", f"--port={port}"]
+    if dashboard:
+        args += [
+            "--include-dashboard=true",
+            f"--dashboard-host={dashboard_host}",
+            f"--dashboard-port={dashboard_port}",
+        ]
+    else:
+        args.append("--include-dashboard=false")
+    if node is not None:
+        args += _node_args(node)
+    else:
+        args.append("--disable-usage-stats")
+        if num_cpus:
+            args.append(f"--num-cpus={num_cpus}")
+    _run_ray_start(args)
+    return f"{_node_ip()}:{port}"
+
+
+def _node_ip() -> str:
+    """The address Ray advertises for this machine (it rewrites 127.0.0.1 to it)."""
+    from ray._private.services import get_node_ip_address
+
+    return str(get_node_ip_address())
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process this user can see."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        # The command name in stat is in parentheses and may hold spaces: split after it.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        out[int(proc.name)] = (ppid, cmd)
+    return out
+
+
+def head_processes(address: str) -> list[int]:
+    """PIDs of the Ray processes of the local cluster at ``address``.
+
+    The GCS, raylets and workers name the GCS port on their command lines; the agents a raylet
+    starts rename themselves (``ray::DashboardAgent``), so descendants of matches count too.
+    """
+    port = re.escape(address.rsplit(":", 1)[-1])
+    mark = re.compile(rf"(:|--gcs_server_port=|--port=){port}(?!\d)")
+    procs = _processes()
+    found = {pid for pid, (_, cmd) in procs.items() if "ray" in cmd and mark.search(cmd)}
+    found.discard(os.getpid())
+    grew = True
+    while grew:
+        kids = {pid for pid, (ppid, _) in procs.items() if ppid in found and pid not in found}
+        kids.discard(os.getpid())
+        grew = bool(kids)
+        found |= kids
+    return sorted(found)
+
+
+def stop_head(address: str, timeout_s: float = 10.0) -> None:
+    """Terminate the local Ray cluster at ``address`` (SIGTERM, then SIGKILL).
+
+    Also forgets it as this machine's current cluster, as ``ray stop`` does, or a later
+    ``ray.init()`` would try to join the dead head.
+    """
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    with contextlib.suppress(OSError):
+        if current.read_text().strip() == address:
+            current.unlink()
+    deadline = time.monotonic() + timeout_s
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in head_processes(address):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        while time.monotonic() < deadline and head_processes(address):
+            time.sleep(0.3)
+        if not head_processes(address):
+            return
+        deadline = time.monotonic() + 10
+
+
+def start_local_cluster(
+    cfg: LocalClusterConfig, state_file: Path = DEFAULT_CLUSTER_STATE
+) -> ClusterState:
+    """Start the head and every worker node of ``cfg``; record them in ``state_file``.
+
+    Raises:
+        ClusterError: when a node fails to start (the nodes already started are stopped).
+    """
+    address = start_head(
+        dashboard=True,
+        dashboard_host=cfg.dashboard_host,
+        dashboard_port=cfg.dashboard_port,
+        node=cfg.head,
+    )
+    try:
+        for node in cfg.workers:
+            _run_ray_start([f"--address={address}", *_node_args(node)])
+    except ClusterError:
+        stop_head(address)
+        raise
+    try:
+        wait_for_jobs_api(f"http://{cfg.dashboard_host}:{cfg.dashboard_port}")
+    except ClusterError:
+        stop_head(address)
+        raise
+    state = ClusterState(
+        address,
+        f"http://{cfg.dashboard_host}:{cfg.dashboard_port}",
+        [cfg.head.name, *(n.name for n in cfg.workers)],
+    )
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps(asdict(state), indent=2))
+    return state
+
+
+def wait_for_jobs_api(url: str, timeout_s: float = 120.0) -> None:
+    """Wait until the Jobs API at ``url`` accepts requests (its agent starts after the head).
+
+    Raises:
+        ClusterError: when it is not ready within ``timeout_s``.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            JobSubmissionClient(url).list_jobs()
+            return
+        except Exception as exc:  # not up yet: connection refused, 500 no agent, ...
+            last = str(exc)[:300]
+        time.sleep(1)
+    raise ClusterError(f"the Jobs API at {url} was not ready in {timeout_s:.0f} s: {last}")
+
+
+def stop_local_cluster(state_file: Path = DEFAULT_CLUSTER_STATE) -> ClusterState:
+    """Stop the cluster recorded in ``state_file``.
+
+    Raises:
+        ClusterError: when no cluster is recorded there.
+    """
+    if not state_file.is_file():
+        raise ClusterError(f"{state_file}: no local cluster is recorded")
+    state = ClusterState(**json.loads(state_file.read_text()))
+    stop_head(state.address)
+    state_file.unlink(missing_ok=True)
+    return state

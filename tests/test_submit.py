@@ -1,0 +1,146 @@
+"""Job submission to a real local multi-node Ray cluster (head + CPU-decode + stand-in GPU node),
+through the Jobs API, as a user runs it: ``crashchat cluster up``, ``crashchat submit``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from crashchat.local_cluster import free_port, head_processes
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "crashchat.cli"]
+
+pytestmark = pytest.mark.timeout(900)
+
+
+class Cluster:
+    def __init__(self, address: str, dashboard: str) -> None:
+        self.address = address
+        self.dashboard = dashboard
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("cluster")
+    cfg = yaml.safe_load((REPO / "cluster/local/cluster.yaml").read_text())
+    cfg["dashboard_port"] = free_port()
+    (root / "cluster.yaml").write_text(yaml.safe_dump(cfg))
+    state = root / "state.json"
+    up = subprocess.run(
+        [*CLI, "cluster", "up", "--config", str(root / "cluster.yaml"), "--state-file", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert up.returncode == 0, up.stderr[-3000:]
+    info = json.loads(up.stdout.strip().splitlines()[-1])
+    assert info["nodes"] == ["head", "cpu-decode", "gpu-standin"]
+    assert info["dashboard"].startswith("http://127.0.0.1:")
+    try:
+        yield Cluster(info["address"], info["dashboard"])
+    finally:
+        down = subprocess.run(
+            [*CLI, "cluster", "down", "--state-file", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert down.returncode == 0, down.stderr[-2000:]
+        assert head_processes(info["address"]) == []
+
+
+def _submit(cluster: Cluster, *args: str) -> tuple[int, dict[str, str], str]:
+    done = subprocess.run(
+        [*CLI, "submit", "pipeline", "--address", cluster.dashboard, *args],
+        capture_output=True,
+        text=True,
+        timeout=800,
+    )
+    lines = [x for x in done.stdout.strip().splitlines() if x.startswith("{")]
+    return done.returncode, json.loads(lines[-1]) if lines else {}, done.stderr
+
+
+def test_pipeline_job_succeeds_and_mlflow_holds_its_runs(
+    cluster: Cluster, synth_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "mlflow.db"
+    out = tmp_path / "run"
+    code, result, logs = _submit(
+        cluster,
+        "--env",
+        f"MLFLOW_TRACKING_URI=sqlite:///{db}",
+        "--config",
+        str(REPO / "jobs/configs/pipeline-tiny.yaml"),
+        "--annotations",
+        str(synth_dir),
+        "--video-root",
+        str(synth_dir),
+        "--model",
+        str(tiny_model_dir),
+        "--output",
+        str(out),
+    )
+    assert code == 0 and result["status"] == "SUCCEEDED", logs[-4000:]
+    assert '"stage": "compare"' in logs  # the job's own output streamed back
+    assert (out / "checkpoints" / "crash_recognition" / "manifest.json").is_file()
+    assert (out / "comparison" / "comparison.md").is_file()
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}", registry_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("crashchat-pipeline")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    names = sorted(r.info.run_name or "" for r in runs)
+    assert any(n.startswith("crash_recognition") for n in names), names
+    assert "strategy-comparison" in names
+    assert any(r.data.tags.get("strategy") == "baseline" for r in runs), names
+    trained = next(r for r in runs if (r.info.run_name or "").startswith("crash_recognition"))
+    assert any(k.startswith("crash_recognition.") for k in trained.data.metrics)  # evaluated
+    version = client.get_model_version_by_alias("crashchat-pipeline", "crash_recognition")
+    assert version.run_id == trained.info.run_id
+
+
+def test_bad_config_job_fails_with_the_validation_message(
+    cluster: Cluster, synth_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    code, result, logs = _submit(
+        cluster,
+        "--config",
+        str(REPO / "jobs/configs/pipeline-tiny.yaml"),
+        "--set",
+        "train.schedule.global_batch_size=3",
+        "--annotations",
+        str(synth_dir),
+        "--video-root",
+        str(synth_dir),
+        "--model",
+        str(tiny_model_dir),
+        "--output",
+        str(tmp_path / "run"),
+    )
+    assert code == 1 and result["status"] == "FAILED", logs[-3000:]
+    assert "global_batch_size (3) must divide" in logs
+
+
+def test_unknown_job_and_unreachable_cluster_are_clear_errors() -> None:
+    done = subprocess.run(
+        [*CLI, "submit", "nonsense", "--address", "http://127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "unknown job 'nonsense'" in done.stderr
+    done = subprocess.run(
+        [*CLI, "submit", "pipeline", "--address", "http://127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "127.0.0.1:1" in done.stderr
