@@ -17,11 +17,12 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test lint typecheck pytest demo learn clean help browser
+.PHONY: setup test lint typecheck pytest demo demo-cluster learn clean help browser
 
 help:
 	@echo "make demo   - set up .venv and run the end-to-end demo (synthetic data, tiny model)"
 	@echo "make test   - set up .venv, lint, type-check and run the tests"
+	@echo "make demo DEMO_CLUSTER=1 - also run the pipeline as a Ray job on a local 3-node cluster"
 	@echo "make learn  - show learning from pixels on CPU: synth, pre-train, LoRA, evaluate (OUT=dir)"
 
 $(STAMP): pyproject.toml requirements/lock.txt
@@ -92,8 +93,20 @@ demo: setup
 	@if [ "$(DEMO_KEEP_SERVING)" = "1" ]; then \
 		echo "still serving (DEMO_KEEP_SERVING=1); stop with: $(BIN)/crashchat serve down --state-file $(DEMO_DIR)/serve-state.json"; \
 	else $(BIN)/crashchat serve down --state-file $(DEMO_DIR)/serve-state.json; fi
+	@if [ "$(DEMO_CLUSTER)" = "1" ]; then $(MAKE) --no-print-directory demo-cluster; fi
 	@echo "demo finished in $(DEMO_DIR): data/, model/, preprocessed/, checkpoints/, eval/, comparison/, serve-results.jsonl"
 	@echo "MLflow runs: .venv/bin/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db"
+
+# The same pipeline as one Ray job on a local multi-node cluster (make demo DEMO_CLUSTER=1).
+demo-cluster: setup
+	@test -d $(DEMO_DIR)/model || { echo "run make demo first"; exit 1; }
+	@echo "== local cluster (cluster/local/cluster.yaml): head + cpu-decode + gpu-standin; submit jobs/pipeline.py"
+	$(BIN)/crashchat cluster up --state-file $(DEMO_DIR)/cluster-state.json
+	$(BIN)/crashchat submit pipeline --address http://127.0.0.1:8265 --config jobs/configs/pipeline-tiny.yaml \
+		--annotations $(CURDIR)/$(DEMO_DIR)/data --video-root $(CURDIR)/$(DEMO_DIR)/data \
+		--model $(CURDIR)/$(DEMO_DIR)/model --output $(CURDIR)/$(DEMO_DIR)/pipeline \
+		--env MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(DEMO_DIR)/pipeline.db; \
+	rc=$$?; $(BIN)/crashchat cluster down --state-file $(DEMO_DIR)/cluster-state.json; exit $$rc
 
 # Learning from pixels on 2 CPU cores (about 20 minutes): results in $(OUT)/eval.
 learn: setup

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import tempfile
 import threading
@@ -30,12 +29,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 TASK = "crash_description"
 MAX_REQUESTS = 5000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _build(root: Path) -> tuple[Path, Path]:
@@ -173,13 +166,14 @@ def main() -> None:
     from ray import serve
 
     from crashchat.config import ServeConfig, load_config
+    from crashchat.local_cluster import free_port
     from crashchat.serving.catalog import build_catalog_from_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         data, ckpts = _build(Path(tmp))
         clip = sorted((data / "videos").glob("*.mp4"))[0]
         cfg = load_config(REPO / "jobs/configs/serve-tiny.yaml", ServeConfig)
-        cfg.port = _free_port()
+        cfg.port = free_port()
         cfg.limits.allowed_roots = [str(data)]
         cfg.max_new_tokens_text = args.max_new_tokens_text
         catalog = build_catalog_from_dir(ckpts, with_baseline=False)

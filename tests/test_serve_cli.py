@@ -14,19 +14,13 @@ import psutil
 import pytest
 import requests
 
-from crashchat.local_cluster import head_processes
+from crashchat.local_cluster import free_port, head_processes
 from helpers import make_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "crashchat.cli"]
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +65,7 @@ def _port_open(port: int) -> bool:
 
 
 def test_foreground_serve_stops_cleanly_on_sigterm(checkpoints: Path, synth_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         _up_args(checkpoints, synth_dir, port),
         stdout=subprocess.PIPE,
@@ -108,7 +102,7 @@ def test_foreground_serve_stops_cleanly_on_sigterm(checkpoints: Path, synth_dir:
 def test_detached_serve_outlives_its_command_until_down(
     checkpoints: Path, synth_dir: Path, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     state = tmp_path / "state.json"
     up = subprocess.run(
         [*_up_args(checkpoints, synth_dir, port), "--detach", "--state-file", str(state)],

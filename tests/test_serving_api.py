@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from ray import serve
 
 from conftest import REAL_CLIPS, needs_shared
 from crashchat.config import AutoscalingSettings, ReplicaSettings, ServeConfig, load_config
+from crashchat.local_cluster import free_port
 from crashchat.serving.app import build_application
 from crashchat.serving.catalog import build_catalog_from_dir
 from helpers import make_checkpoints
@@ -35,12 +35,6 @@ TOKEN = "test-token-123"
 MIXTURES = ["crash_recognition", "perception_centric", "linguistic_centric"]
 
 pytestmark = pytest.mark.timeout(900)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def replica_pids(deployment: str, app: str = APP) -> set[int]:
@@ -110,7 +104,7 @@ def served(tiny_model_dir: Path, synth_dir: Path, tmp_path_factory) -> Iterator[
     _zero_frame_mp4(bad / "empty_stream.mp4")
 
     cfg = load_config(REPO / "jobs/configs/serve-tiny.yaml", ServeConfig)
-    cfg.port = _free_port()
+    cfg.port = free_port()
     cfg.prompts = str(synth_dir / "prompts.json")
     roots = [str(synth_dir), str(bad)] + ([str(REAL_CLIPS)] if REAL_CLIPS.exists() else [])
     cfg.limits.allowed_roots = roots

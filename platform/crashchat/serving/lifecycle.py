@@ -83,29 +83,18 @@ def serve_up(
     import ray
     from ray import serve
 
+    from crashchat.ray_utils import ensure_ray
     from crashchat.serving.app import build_application
 
-    started = False
-    if address is None and detach:
+    owned = address is None  # this call starts the Ray it serves on, and stops it on down
+    if owned and detach:
         address = start_head(num_cpus)
-        started = True
-    if address is None:
-        ray.init(
-            address="local",
-            num_cpus=num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-        started = True
-        address = ray.get_runtime_context().gcs_address
-    else:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-        address = ray.get_runtime_context().gcs_address
+    ensure_ray(address, num_cpus)
+    address = ray.get_runtime_context().gcs_address
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_application(catalog, cfg), name=cfg.app_name, route_prefix="/", blocking=False)
     url = f"http://{cfg.host}:{cfg.port}/"
-    state = ServeState(address, url, cfg.app_name, started, os.getpid())
+    state = ServeState(address, url, cfg.app_name, owned, os.getpid())
     if detach:
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps(asdict(state), indent=2))
