@@ -11,6 +11,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray waits 30 s for a new GCS to bind; on 2 busy cores right after a cluster test that was once
+# not enough (CI). A longer budget only matters when startup is slow.
+os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "90")
 
 _EXIT_STATUS = pytest.StashKey[int]()
 
@@ -39,6 +42,29 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from crashchat.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny"), TinyModelConfig(), all_label_text())
+
+
+def start_local_ray(num_cpus: int) -> None:
+    """A fresh local Ray for a test module; one retry when its GCS did not come up in time."""
+    import time
+
+    import ray
+
+    for attempt in (1, 2):
+        try:
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            return
+        except RuntimeError as exc:
+            if attempt == 2 or "Timed out waiting" not in str(exc):
+                raise
+            ray.shutdown()
+            time.sleep(5)
 
 
 def needs_shared(path: Path) -> pytest.MarkDecorator:

@@ -13,7 +13,7 @@ import pytest
 import ray
 import torch
 
-from conftest import REAL_CLIPS, needs_shared
+from conftest import REAL_CLIPS, needs_shared, start_local_ray
 from crashchat.config import PreprocessConfig
 from crashchat.data.annotations import make_record, write_annotation_file
 from crashchat.data.synth.labels import PROMPTS
@@ -55,7 +55,7 @@ BAD = {
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_local_ray(2)
     yield
     ray.shutdown()
 

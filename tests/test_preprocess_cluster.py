@@ -8,6 +8,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from conftest import start_local_ray
 from crashchat.config import PreprocessConfig
 from crashchat.video.pipeline import run_preprocess
 from crashchat.video.samples import read_samples_table
@@ -49,7 +50,7 @@ def test_all_decode_work_runs_on_the_cpu_decode_node(
 def test_without_the_resource_work_runs_anywhere(
     synth_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_local_ray(2)
     try:
         ann = [synth_dir / "crashchat_synth_crash_recognition_test.json"]
         result = run_preprocess(

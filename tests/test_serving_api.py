@@ -21,7 +21,7 @@ import ray
 import requests
 from ray import serve
 
-from conftest import REAL_CLIPS, needs_shared
+from conftest import REAL_CLIPS, needs_shared, start_local_ray
 from crashchat.config import AutoscalingSettings, ReplicaSettings, ServeConfig, load_config
 from crashchat.local_cluster import free_port
 from crashchat.serving.app import build_application
@@ -136,7 +136,7 @@ def served(tiny_model_dir: Path, synth_dir: Path, tmp_path_factory) -> Iterator[
         ),
     }
     os.environ[TOKEN_ENV] = TOKEN  # inherited by the Ray this module starts
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_local_ray(4)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
         catalog = build_catalog_from_dir(ckpts, prompts=cfg.prompts)

@@ -20,6 +20,7 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
+from conftest import start_local_ray
 from crashchat.config import EvalConfig, PreprocessConfig, TrainConfig, load_config
 from crashchat.data.tasks import get_mixture
 from crashchat.evaluation.runner import run_evaluation
@@ -34,7 +35,7 @@ MIXTURE = "linguistic_centric"
 
 @pytest.fixture(scope="module")
 def local_ray():  # type: ignore[no-untyped-def]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_local_ray(2)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
