@@ -40,11 +40,22 @@ class ClusterState:
     nodes: list[str] = field(default_factory=list)
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now (loopback)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_HANDED_OUT: set[int] = set()
+
+
+def free_port(exclude: set[int] | None = None) -> int:
+    """A TCP port nothing listens on right now, never one this process handed out before.
+
+    The port is free, not reserved: without the memory a second call can return the same port
+    before the first is bound (two agents of one node once got the same port).
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT and port not in (exclude or set()):
+            _HANDED_OUT.add(port)
+            return port
 
 
 def ray_bin() -> str:
@@ -61,13 +72,13 @@ def enable_token_auth() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
-def _node_args(node: NodeSpec) -> list[str]:
+def _node_args(node: NodeSpec, taken: set[int]) -> list[str]:
     # Several nodes share this machine: each agent gets its own ports (the defaults collide).
     args = [
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port(taken)}",
+        f"--dashboard-agent-grpc-port={free_port(taken)}",
+        f"--runtime-env-agent-port={free_port(taken)}",
+        f"--metrics-export-port={free_port(taken)}",
         f"--num-cpus={node.num_cpus}",
         f"--num-gpus={node.num_gpus}",
         f"--object-store-memory={node.object_store_mb * 2**20}",
@@ -100,7 +111,7 @@ def start_head(
     node: NodeSpec | None = None,
 ) -> str:
     """Start a standalone Ray head; returns its GCS address (``host:port``)."""
-    port = free_port()
+    port = free_port({dashboard_port})
     args = ["--head", f"--port={port}"]
     if dashboard:
         args += [
@@ -111,7 +122,7 @@ def start_head(
     else:
         args.append("--include-dashboard=false")
     if node is not None:
-        args += _node_args(node)
+        args += _node_args(node, {dashboard_port})
     else:
         args.append("--disable-usage-stats")
         if num_cpus:
@@ -202,7 +213,7 @@ def start_local_cluster(
     )
     try:
         for node in cfg.workers:
-            _run_ray_start([f"--address={address}", *_node_args(node)])
+            _run_ray_start([f"--address={address}", *_node_args(node, {cfg.dashboard_port})])
     except ClusterError:
         stop_head(address)
         raise
