@@ -70,8 +70,16 @@ class TrainState:
 
     @classmethod
     def load(cls, path: Path) -> TrainState:
-        """Read a ``state.json``."""
-        return cls(**json.loads(path.read_text()))
+        """Read a ``state.json``; a restart resumes exactly at its ``step``.
+
+        Entries past ``step`` are dropped: the resumed run computes those steps again, and a
+        restart must never repeat a step in the history (the worker-kill test once saw 5, 5, 6, 6).
+        """
+        state = cls(**json.loads(path.read_text()))
+        state.history = [h for h in state.history if int(h["step"]) <= state.step]
+        state.evals = [e for e in state.evals if int(e["step"]) <= state.step]
+        state.committed = min(state.committed, len(state.history))
+        return state
 
 
 def plan_steps(spec: RunSpec, cfg: TrainConfig, world: int) -> tuple[int, int]:
