@@ -59,6 +59,27 @@ def test_replayed_operations_do_not_duplicate_metrics(tmp_path: Path) -> None:
     assert [(m.step, m.value) for m in history] == [(1, 2.0)]
 
 
+def test_a_restart_from_an_older_checkpoint_logs_no_step_twice(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = Tracker(uri)
+    first.create_run("r", "exp", "run")
+    first.log("r", {"train_loss": 2.0, "learning_rate": 0.1}, step=1)
+    saved = first.pending()  # the checkpoint taken at step 1, before the flush
+    first.log("r", {"train_loss": 1.5, "learning_rate": 0.1}, step=2)
+    assert first.flush(force=True)  # step 2 reached the store, but its checkpoint was lost
+    # The restart resumes at step 1, replays the journal and computes step 2 again: new values,
+    # new timestamps, which MLflow alone would store as a second point.
+    again = Tracker(uri, ops=saved["ops"], run_ids=first.run_ids, skip_logged_steps=True)
+    again.log("r", {"train_loss": 1.4, "learning_rate": 0.1}, step=2)
+    again.log("r", {"train_loss": 1.0, "learning_rate": 0.05}, step=3)
+    assert again.flush(force=True)
+    client = MlflowClient(uri)
+    history = client.get_metric_history(first.run_ids["r"], "train_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.5), (3, 1.0)]
+    lr = client.get_metric_history(first.run_ids["r"], "learning_rate")
+    assert [m.step for m in lr] == [1, 2, 3]
+
+
 def test_uri_resolution_and_param_flattening(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"

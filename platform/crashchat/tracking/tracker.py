@@ -61,6 +61,10 @@ class Tracker:
         retry_interval_s: After a failure, wait this long before trying the store again.
         ops: Journal to continue (from :meth:`pending` of an earlier tracker).
         run_ids: Local run key -> MLflow run id, for runs already created.
+        skip_logged_steps: Before sending a metric, ask the store which steps of it the run
+            already holds and drop those. A restarted worker replays the journal saved in its
+            checkpoint, and part of it may have reached the store after that checkpoint was taken;
+            with this set, the replay (and the steps it computes again) never logs a step twice.
     """
 
     def __init__(
@@ -70,8 +74,11 @@ class Tracker:
         retry_interval_s: float = 10.0,
         ops: list[dict[str, Any]] | None = None,
         run_ids: dict[str, str] | None = None,
+        skip_logged_steps: bool = False,
     ) -> None:
         _quiet_http(timeout_s)
+        self.skip_logged_steps = skip_logged_steps
+        self._logged_steps: dict[tuple[str, str], set[int]] = {}
         self.uri = uri
         self.retry_interval_s = retry_interval_s
         self.ops: list[dict[str, Any]] = list(ops or [])
@@ -224,6 +231,8 @@ class Tracker:
             from mlflow.entities import Metric, Param, RunTag
 
             metrics = [Metric(k, v, ts, step) for k, v, ts, step in op["metrics"]]
+            if self.skip_logged_steps:
+                metrics = self._unlogged(run_id, metrics)
             params = [Param(k, v) for k, v in op["params"].items()]
             tags = [RunTag(k, v) for k, v in op["tags"].items()]
             for i in range(0, max(len(metrics), 1), 900):  # MLflow caps a batch at 1000 items
@@ -241,6 +250,20 @@ class Tracker:
             self.client.set_terminated(run_id, status=op["status"])
         else:
             raise ValueError(f"unknown tracking operation {kind!r}")
+
+    def _unlogged(self, run_id: str, metrics: list[Any]) -> list[Any]:
+        """The metrics whose step the run does not hold yet (and remember them as sent)."""
+        out = []
+        for metric in metrics:
+            cache_key = (run_id, metric.key)
+            if cache_key not in self._logged_steps:
+                history = self.client.get_metric_history(run_id, metric.key)
+                self._logged_steps[cache_key] = {int(m.step) for m in history}
+            steps = self._logged_steps[cache_key]
+            if metric.step not in steps:
+                steps.add(metric.step)
+                out.append(metric)
+        return out
 
     def _register(self, run_id: str, op: dict[str, Any]) -> None:
         from mlflow.exceptions import MlflowException
@@ -269,7 +292,9 @@ def sync_pending(path: str | Path, uri: str | None = None) -> Tracker:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no pending tracking operations")
     data = json.loads(path.read_text())
-    tracker = Tracker(uri or data["uri"], ops=data["ops"], run_ids=data["run_ids"])
+    tracker = Tracker(
+        uri or data["uri"], ops=data["ops"], run_ids=data["run_ids"], skip_logged_steps=True
+    )
     tracker.flush(force=True)
     tracker.save_pending(path)
     return tracker

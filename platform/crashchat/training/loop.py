@@ -237,6 +237,8 @@ class Worker:
                 retry_interval_s=cfg.tracking.retry_interval_s,
                 ops=t.get("ops"),
                 run_ids=t.get("run_ids"),
+                # A restart may replay what already reached the store; never log a step twice.
+                skip_logged_steps=self.state.attempts > 1,
             )
 
     # -- phases --------------------------------------------------------------------------------
