@@ -69,17 +69,17 @@ demo: setup
 	$(BIN)/crashchat preprocess --annotations $(DEMO_DIR)/data --video-root $(DEMO_DIR)/data \
 		--model $(DEMO_DIR)/model --out $(DEMO_DIR)/preprocessed --config jobs/configs/preprocess-tiny.yaml
 	@echo "== 5/7 LoRA fine-tuning on Ray Train + DeepSpeed (CPU, gloo), tracked in MLflow"
-	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db $(BIN)/crashchat train \
+	MLFLOW_TRACKING_URI=sqlite:///$(abspath $(DEMO_DIR))/mlflow.db $(BIN)/crashchat train \
 		--config jobs/configs/tiny-cpu.yaml --data $(DEMO_DIR)/preprocessed --model $(DEMO_DIR)/model \
 		--output $(DEMO_DIR)/checkpoints --mixture crash_recognition > $(DEMO_DIR)/train.json
 	@echo "== 6/7 evaluate the fine-tuned checkpoint (registry alias) and the untuned base; compare"
-	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db $(BIN)/crashchat evaluate \
+	MLFLOW_TRACKING_URI=sqlite:///$(abspath $(DEMO_DIR))/mlflow.db $(BIN)/crashchat evaluate \
 		--model models:/crashchat-tiny@crash_recognition --data $(DEMO_DIR)/preprocessed \
 		--out $(DEMO_DIR)/eval/crash_recognition --config jobs/configs/eval-tiny.yaml > $(DEMO_DIR)/eval.json
-	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db $(BIN)/crashchat evaluate \
+	MLFLOW_TRACKING_URI=sqlite:///$(abspath $(DEMO_DIR))/mlflow.db $(BIN)/crashchat evaluate \
 		--model $(DEMO_DIR)/model --data $(DEMO_DIR)/preprocessed \
 		--out $(DEMO_DIR)/eval/baseline --config jobs/configs/eval-tiny.yaml > $(DEMO_DIR)/eval-baseline.json
-	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db $(BIN)/crashchat compare \
+	MLFLOW_TRACKING_URI=sqlite:///$(abspath $(DEMO_DIR))/mlflow.db $(BIN)/crashchat compare \
 		--experiment crashchat-tiny-cpu --reference paper --out $(DEMO_DIR)/comparison > $(DEMO_DIR)/compare.json
 	@echo "== 7/7 Ray Serve: one replica group per checkpoint behind a router; bulk request over the test clips"
 	$(BIN)/crashchat serve up --checkpoints $(DEMO_DIR)/checkpoints --config jobs/configs/serve-tiny.yaml \
@@ -95,7 +95,7 @@ demo: setup
 	else $(BIN)/crashchat serve down --state-file $(DEMO_DIR)/serve-state.json; fi
 	@if [ "$(DEMO_CLUSTER)" = "1" ]; then $(MAKE) --no-print-directory demo-cluster; fi
 	@echo "demo finished in $(DEMO_DIR): data/, model/, preprocessed/, checkpoints/, eval/, comparison/, serve-results.jsonl"
-	@echo "MLflow runs: .venv/bin/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db"
+	@echo "MLflow runs: .venv/bin/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///$(abspath $(DEMO_DIR))/mlflow.db"
 
 # The same pipeline as one Ray job on a local multi-node cluster (make demo DEMO_CLUSTER=1).
 demo-cluster: setup
@@ -105,7 +105,7 @@ demo-cluster: setup
 	$(BIN)/crashchat submit pipeline --address http://127.0.0.1:8265 --config jobs/configs/pipeline-tiny.yaml \
 		--annotations $(CURDIR)/$(DEMO_DIR)/data --video-root $(CURDIR)/$(DEMO_DIR)/data \
 		--model $(CURDIR)/$(DEMO_DIR)/model --output $(CURDIR)/$(DEMO_DIR)/pipeline \
-		--env MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(DEMO_DIR)/pipeline.db; \
+		--env MLFLOW_TRACKING_URI=sqlite:///$(abspath $(DEMO_DIR))/pipeline.db; \
 	rc=$$?; $(BIN)/crashchat cluster down --state-file $(DEMO_DIR)/cluster-state.json; exit $$rc
 
 # Learning from pixels on 2 CPU cores (about 20 minutes): results in $(OUT)/eval.
@@ -116,16 +116,16 @@ learn: setup
 	$(BIN)/crashchat preprocess --annotations $(OUT)/data --video-root $(OUT)/data \
 		--model $(OUT)/model --out $(OUT)/preprocessed --config jobs/configs/preprocess-learn.yaml
 	@echo "== pre-train the tiny base (stand-in for the pretrained VideoLLaMA3)"
-	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(OUT)/mlflow.db $(BIN)/crashchat train \
+	MLFLOW_TRACKING_URI=sqlite:///$(abspath $(OUT))/mlflow.db $(BIN)/crashchat train \
 		--config jobs/configs/tiny-learn-pretrain.yaml --data $(OUT)/preprocessed --model $(OUT)/model \
 		--output $(OUT)/pretrain --mixture $(LEARN_MIX) > $(OUT)/pretrain.json
 	$(BIN)/crashchat checkpoint export $(OUT)/pretrain/$(subst $(comma),__,$(LEARN_MIX)) --out $(OUT)/base
 	@echo "== LoRA fine-tuning of the base on all six tasks (heterogeneous), as upstream"
-	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(OUT)/mlflow.db $(BIN)/crashchat train \
+	MLFLOW_TRACKING_URI=sqlite:///$(abspath $(OUT))/mlflow.db $(BIN)/crashchat train \
 		--config jobs/configs/tiny-learn.yaml --data $(OUT)/preprocessed --model $(OUT)/base \
 		--output $(OUT)/checkpoints --mixture heterogeneous > $(OUT)/train.json
 	@echo "== evaluate on the held-out test clips"
-	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/$(OUT)/mlflow.db $(BIN)/crashchat evaluate \
+	MLFLOW_TRACKING_URI=sqlite:///$(abspath $(OUT))/mlflow.db $(BIN)/crashchat evaluate \
 		--model $(OUT)/checkpoints/heterogeneous --data $(OUT)/preprocessed --out $(OUT)/eval \
 		--config jobs/configs/eval-learn.yaml > $(OUT)/eval.json
 	$(BIN)/crashchat learning-bar $(OUT)/eval

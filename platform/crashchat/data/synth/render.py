@@ -2,7 +2,9 @@
 
 Cues are deliberately large and high-contrast so a tiny model can learn them from pixels on a CPU:
 each actor kind has its own colour and size, the pre-crash behaviour trails a bright streak, and
-the crash interval shows an orange burst at the contact that vanishes when the vehicles rest.
+the crash interval shows an orange burst at the contact, and an orange frame border, both gone
+when the vehicles rest. The border reaches every image patch on the edge, so even a frozen random
+vision encoder passes the cue on, as a pretrained one passes on a real crash.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ BURST = (255, 90, 0)
 STREAK = (255, 255, 160)
 LIGHT_RED = (255, 0, 0)
 LIGHT_GREEN = (0, 230, 0)
+BORDER = 0.07  # crash-interval border thickness, frame fraction
 
 # (length along the heading, width), in frame fractions, and colour per actor kind.
 ACTOR_STYLE: dict[str, tuple[tuple[float, float], tuple[int, int, int]]] = {
@@ -49,6 +52,11 @@ def _disk(img: np.ndarray, cx: float, cy: float, r: float, color: tuple[int, int
     img[mask] = color
 
 
+def _traffic_light(img: np.ndarray, light_red: bool) -> None:
+    _fill(img, 0.02, 0.02, 0.16, 0.16, (0, 0, 0))
+    _disk(img, 0.09, 0.09, 0.055, LIGHT_RED if light_red else LIGHT_GREEN)
+
+
 def _background(width: int, height: int, light_red: bool) -> np.ndarray:
     img = np.empty((height, width, 3), dtype=np.uint8)
     img[:] = ASPHALT
@@ -56,9 +64,15 @@ def _background(width: int, height: int, light_red: bool) -> np.ndarray:
         for y in np.arange(0.0, 1.0, 0.12):
             _fill(img, x - 0.006, y, x + 0.006, y + 0.06, MARKING)
     _fill(img, 0.3, STOP_LINE - 0.008, 0.7, STOP_LINE + 0.008, MARKING)
-    _fill(img, 0.02, 0.02, 0.16, 0.16, (0, 0, 0))
-    _disk(img, 0.09, 0.09, 0.055, LIGHT_RED if light_red else LIGHT_GREEN)
+    _traffic_light(img, light_red)
     return img
+
+
+def _crash_border(img: np.ndarray, light_red: bool) -> None:
+    for x0, y0, x1, y1 in ((0, 0, 1, BORDER), (0, 1 - BORDER, 1, 1), (0, 0, BORDER, 1),
+                           (1 - BORDER, 0, 1, 1)):  # fmt: skip
+        _fill(img, x0, y0, x1, y1, BURST)
+    _traffic_light(img, light_red)  # the light stays readable (the red-light cause needs it)
 
 
 def _draw_actor(img: np.ndarray, track: Track, t: float) -> None:
@@ -87,6 +101,7 @@ def render_frame(
         sx, sy = scene.tracks[0].position(t)
         ox, oy = scene.tracks[1].position(t)
         _disk(img, (sx + ox) / 2, (sy + oy) / 2, 0.14, BURST)
+        _crash_border(img, scene.light_red)
     for track in scene.tracks:
         _draw_actor(img, track, t)
     return img
