@@ -10,7 +10,9 @@ loopback only and bounded in requests and time:
       ``--seconds``;
   (b) below saturation (2 clients): the error rate;
   (c) router overhead: one request at a time, p50 latency over HTTP through the router minus p50
-      of the same work done by calling the decoder and model deployment handles directly.
+      of the same work done by calling the decoder and model deployment handles directly (the
+      two alternate, so drift weighs on both alike; one-token answers, so the model's time and
+      its noise do not drown the router's).
 Last line: ``batching_speedup=X router_overhead_ms_p50=Y p99_ms=Z error_rate=E``.
 """
 
@@ -115,19 +117,55 @@ def _load(url: str, body: dict[str, Any], clients: int, seconds: float) -> dict[
     }
 
 
-def _deploy(catalog: Any, cfg: Any, batch: int) -> None:
+def _cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each kind of process on this machine (Ray, Serve, this one)."""
+    import psutil
+
+    out: dict[str, float] = {}
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid", "name", "cmdline", "cpu_times"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [proc.info["name"] or ""])
+            times = proc.info["cpu_times"]
+        except (psutil.Error, TypeError):
+            continue
+        if times is None:
+            continue
+        if proc.info["pid"] == me:
+            kind = "benchmark (clients + driver)"
+        elif cmd.startswith("ray::"):
+            kind = cmd.split()[0].split(":bench")[0] + (
+                ":" + cmd.split(":bench:")[1].split()[0] if ":bench:" in cmd else ""
+            )
+        elif "raylet" in cmd or "gcs_server" in cmd:
+            kind = "raylet/gcs"
+        else:
+            continue
+        out[kind] = out.get(kind, 0.0) + times.user + times.system
+    return out
+
+
+def _cpu_share(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """Cores used per process kind between two :func:`_cpu_seconds` samples."""
+    used = {k: (after[k] - before.get(k, 0.0)) / wall for k in after}
+    return {k: round(v, 2) for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v >= 0.01}
+
+
+def _deploy(catalog: Any, cfg: Any, batch: int, answer_tokens: int | None = None) -> None:
     from ray import serve
 
     from crashchat.serving.app import build_application
 
     cfg = cfg.model_copy(deep=True)
     cfg.model.max_batch_size = batch
+    if answer_tokens is not None:
+        cfg.max_new_tokens_text = answer_tokens
     cfg.model.autoscaling.min_replicas = cfg.model.autoscaling.max_replicas = 1
     serve.run(build_application(catalog, cfg), name="bench", route_prefix="/")
 
 
-def _direct_p50(catalog: Any, clip: Path, n: int) -> float:
-    """The router's work without the router: decoder handle, then model handle, one at a time."""
+def _direct_call(catalog: Any, clip: Path) -> Any:
+    """The router's work without the router: decoder handle, then model handle."""
     from ray import serve
 
     from crashchat.serving.app import processor_group
@@ -137,13 +175,12 @@ def _direct_p50(catalog: Any, clip: Path, n: int) -> float:
     group = processor_group(ckpt)
     decoder = serve.get_deployment_handle("decoder", "bench")
     model = serve.get_deployment_handle(f"model_{TASK}", "bench")
-    lat = []
-    for _ in range(n):
-        start = time.perf_counter()
+
+    def call() -> None:
         clip_inputs = decoder.decode.remote(group, {"path": str(clip)}).result(timeout_s=60)
         model.answer.remote(Question(clip_inputs, TASK, ckpt.prompts[TASK])).result(timeout_s=60)
-        lat.append((time.perf_counter() - start) * 1000)
-    return statistics.median(lat)
+
+    return call
 
 
 def main() -> None:
@@ -151,6 +188,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--sequential", type=int, default=60, help="Requests for (c).")
+    parser.add_argument(
+        "--cpu-profile",
+        action="store_true",
+        help="Also print the cores each process kind used during each saturation run.",
+    )
+    parser.add_argument(
+        "--no-low-latency",
+        action="store_true",
+        help="Serve's default event loops and request logging (ServeConfig.low_latency false).",
+    )
     parser.add_argument(
         "--max-new-tokens-text",
         type=int,
@@ -176,6 +223,7 @@ def main() -> None:
         cfg.port = free_port()
         cfg.limits.allowed_roots = [str(data)]
         cfg.max_new_tokens_text = args.max_new_tokens_text
+        cfg.low_latency = not args.no_low_latency
         catalog = build_catalog_from_dir(ckpts, with_baseline=False)
         url = f"http://127.0.0.1:{cfg.port}/v1/analyze"
         body = {"video_path": str(clip), "tasks": [TASK]}
@@ -186,20 +234,30 @@ def main() -> None:
             for batch in (8, 1):
                 _deploy(catalog, cfg, batch)
                 _load(url, body, 4, 3)  # warm-up
+                before, began = _cpu_seconds(), time.monotonic()
                 results[batch] = _load(url, body, args.concurrency, args.seconds)
                 print(json.dumps({"max_batch_size": batch, **results[batch]}), flush=True)
+                if args.cpu_profile:
+                    share = _cpu_share(before, _cpu_seconds(), time.monotonic() - began)
+                    print(json.dumps({"cores_used": share}), flush=True)
             _deploy(catalog, cfg, 8)
             below = _load(url, body, 2, args.seconds / 2)
             print(json.dumps({"below_saturation": below}), flush=True)
             import requests
 
-            http_lat = []
+            # A one-token answer, so model time (and its noise) does not drown the overhead.
+            _deploy(catalog, cfg, 8, answer_tokens=1)
+            # Interleaved, so drift (autoscaling, caches) weighs on both paths alike.
+            direct_call = _direct_call(catalog, clip)
+            http_lat, direct_lat = [], []
             for _ in range(args.sequential):
                 start = time.perf_counter()
                 requests.post(url, json=body, timeout=60).raise_for_status()
                 http_lat.append((time.perf_counter() - start) * 1000)
-            direct = _direct_p50(catalog, clip, args.sequential)
-            http_p50 = statistics.median(http_lat)
+                start = time.perf_counter()
+                direct_call()
+                direct_lat.append((time.perf_counter() - start) * 1000)
+            http_p50, direct = statistics.median(http_lat), statistics.median(direct_lat)
             print(json.dumps({"http_p50_ms": http_p50, "direct_p50_ms": direct}), flush=True)
         finally:
             serve.shutdown()

@@ -505,6 +505,23 @@ class ServeConfig(StrictModel):
     max_new_tokens_text: int = Field(160, ge=1, description="Answer budget for text tasks.")
     dtype: str = Field("auto", pattern=r"^(auto|bf16|fp16|fp32)$", description="Model dtype.")
     attention: str = Field("auto", description="Attention implementation (auto, sdpa, ...).")
+    low_latency: bool = Field(
+        True,
+        description="Run each replica's request handling on its main event loop and buffer "
+        "request logs (Ray Serve's RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0, "
+        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0, RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE=1000). "
+        "Safe because every blocking step (decode, generate) already runs off the loop.",
+    )
+
+    def replica_env(self) -> dict[str, str]:
+        """Environment variables set in every replica's runtime environment."""
+        if not self.low_latency:
+            return {}
+        return {
+            "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+            "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+            "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+        }
 
     def replica(self, checkpoint: str) -> ReplicaSettings:
         """Settings of ``checkpoint``'s deployment."""

@@ -238,6 +238,7 @@ class Router:
             raise RequestError(404, str(exc)) from None
         payload = {"data": source.data, "filename": source.filename, "path": source.path}
         clips: dict[str, ClipInputs] = {}
+        decode_started = time.perf_counter()
         for group in sorted({self.groups[c.name] for c in routes.values()}):
             got = await self._call(
                 lambda g=group: self.decoder.decode.remote(g, payload), "the video decoder"
@@ -245,6 +246,7 @@ class Router:
             if isinstance(got, Failure):
                 raise RequestError(got.status, got.detail)
             clips[group] = got
+        decode_wait_ms = (time.perf_counter() - decode_started) * 1000
 
         async def ask(task: str, c: ServedCheckpoint) -> Answer:
             q = Question(clips[self.groups[c.name]], task, c.prompts[task])
@@ -252,7 +254,9 @@ class Router:
                 lambda: self._model(c.name).answer.remote(q), f"checkpoint {c.name}"
             )
 
+        models_started = time.perf_counter()
         answers = await asyncio.gather(*(ask(t, c) for t, c in routes.items()))
+        models_wait_ms = (time.perf_counter() - models_started) * 1000
         results: dict[str, dict[str, Any]] = {}
         for (task, c), ans in zip(routes.items(), answers, strict=True):
             entry: dict[str, Any] = {
@@ -279,6 +283,9 @@ class Router:
             "report": build_report(results),
             "timings": {
                 "decode_ms": round(sum(c.decode_ms for c in clips.values()), 1),
+                # Router-side: the decoder and model calls including their queues.
+                "decoder_call_ms": round(decode_wait_ms, 1),
+                "models_call_ms": round(models_wait_ms, 1),
                 "total_ms": round((time.perf_counter() - start) * 1000, 1),
             },
         }
@@ -430,10 +437,16 @@ class Router:
         return HTMLResponse(PAGE.read_text())
 
 
-def _deployment_options(settings: Any, name: str) -> dict[str, Any]:
+def _deployment_options(
+    settings: Any, name: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    actor = settings.ray_actor_options()
+    if env:
+        # Serve reads these at import in the replica process; the job's env_vars still apply.
+        actor["runtime_env"] = {"env_vars": dict(env)}
     opts: dict[str, Any] = {
         "name": name,
-        "ray_actor_options": settings.ray_actor_options(),
+        "ray_actor_options": actor,
         "max_ongoing_requests": settings.max_ongoing_requests,
         "max_queued_requests": settings.max_queued_requests,
         "autoscaling_config": settings.autoscaling.to_serve(),
@@ -451,6 +464,7 @@ def _deployment(cls: type) -> Any:
 def build_application(catalog: Catalog, cfg: ServeConfig) -> Any:
     """The bound Serve application for ``catalog`` under ``cfg``."""
     cfg_json = cfg.model_dump(mode="json")
+    env = cfg.replica_env()
     groups: dict[str, dict[str, Any]] = {}
     for c in catalog.checkpoints.values():
         groups.setdefault(
@@ -458,7 +472,7 @@ def build_application(catalog: Catalog, cfg: ServeConfig) -> Any:
         )
     decoder = (
         _deployment(Decoder)
-        .options(**_deployment_options(cfg.decoder, "decoder"))
+        .options(**_deployment_options(cfg.decoder, "decoder", env))
         .bind(cfg_json, groups)
     )
     models: dict[str, Any]
@@ -471,19 +485,19 @@ def build_application(catalog: Catalog, cfg: ServeConfig) -> Any:
         paths = {n: c.path for n, c in catalog.checkpoints.items() if n != BASELINE}
         models = {
             "multiplexed": _deployment(MultiplexedModel)
-            .options(**_deployment_options(cfg.model, "model_multiplexed"))
+            .options(**_deployment_options(cfg.model, "model_multiplexed", env))
             .bind(bases.pop(), paths, cfg_json)
         }
     else:
         models = {
             name: _deployment(CheckpointModel)
-            .options(**_deployment_options(cfg.replica(name), deployment_name(name)))
+            .options(**_deployment_options(cfg.replica(name), deployment_name(name), env))
             .bind(name, c.path, cfg_json)
             for name, c in catalog.checkpoints.items()
         }
     return (
         _deployment(Router)
-        .options(**_deployment_options(cfg.router, "router"))
+        .options(**_deployment_options(cfg.router, "router", env))
         .bind(catalog.to_args(), cfg_json, decoder, models, cfg.mode == "multiplexed")
     )
 

@@ -19,6 +19,7 @@ from typing import Any
 from ray import serve
 
 from crashchat.config import ServeConfig
+from crashchat.serving.batching import GreedyBatcher
 from crashchat.serving.clip_inputs import ClipInputs, build_clip_inputs, decode_spec
 from crashchat.serving.generation import AdapterBank, BatchGenerator, Question
 
@@ -148,12 +149,15 @@ class CheckpointModel:
             cfg.max_new_tokens_text,
             threads=max(1, int(settings.num_cpus)),
         )
-        self.answer.set_max_batch_size(settings.max_batch_size)  # type: ignore[attr-defined]
-        self.answer.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self.batcher: GreedyBatcher[Question, Answer] = GreedyBatcher(
+            self._run, settings.max_batch_size, settings.batch_wait_timeout_s
+        )
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def answer(self, questions: list[Question]) -> list[Answer]:
-        """Answers to a dynamic batch; a failing batch is retried one question at a time."""
+    async def answer(self, question: Question) -> Answer:
+        """The answer, from a dynamic batch; a failing batch is retried one question at a time."""
+        return await self.batcher.submit(question)
+
+    async def _run(self, _key: Any, questions: list[Question]) -> list[Answer]:
         return await asyncio.to_thread(_answer_all, self.generator, questions, None)
 
     def pid(self) -> int:
@@ -205,13 +209,16 @@ class MultiplexedModel:
             return _Slot(bank, model_id)
 
         self.slot = serve.multiplexed(max_num_models_per_replica=cfg.max_models_per_replica)(load)
-        self.answer.set_max_batch_size(settings.max_batch_size)  # type: ignore[attr-defined]
-        self.answer.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self.batcher: GreedyBatcher[Question, Answer] = GreedyBatcher(
+            self._run_batch, settings.max_batch_size, settings.batch_wait_timeout_s
+        )
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def answer(self, questions: list[Question]) -> list[Answer]:
-        """Answers as the request's checkpoint (Serve splits batches by model id)."""
-        slot = await self.slot(serve.get_multiplexed_model_id())
+    async def answer(self, question: Question) -> Answer:
+        """The answer as the request's checkpoint (a batch holds one checkpoint's requests)."""
+        return await self.batcher.submit(question, serve.get_multiplexed_model_id())
+
+    async def _run_batch(self, model_id: Any, questions: list[Question]) -> list[Answer]:
+        slot = await self.slot(str(model_id))
         return await asyncio.to_thread(self._run, slot.name, questions)
 
     def _run(self, name: str, questions: list[Question]) -> list[Answer]:

@@ -151,7 +151,7 @@ def deployment_settings(catalog: Catalog | None, cfg: ServeConfig) -> list[dict[
         named += [(deployment_name(n), cfg.replica(n)) for n in catalog.names]
     out = []
     for name, settings in named:
-        opts = _deployment_options(settings, name)
+        opts = _deployment_options(settings, name, cfg.replica_env())
         out.append(opts)
     return out
 
