@@ -90,16 +90,19 @@ def read_samples(
         splits: Keep only these splits, default all.
     """
     import ray.data
+    from ray.data.expressions import col
 
     load_manifest(out)
     ds = ray.data.read_parquet(str(Path(out) / "samples"), schema=SAMPLE_SCHEMA)
+    # Arrow-native predicates: a Python row filter would turn every row, pixels included, into
+    # a dict on the CPU the training workers need (train_overhead ratio 0.70 -> 1.03 here).
+    keep = None
     if tasks is not None:
-        keep_tasks = set(tasks)
-        ds = ds.filter(lambda r: r["task"] in keep_tasks)
+        keep = col("task").is_in(sorted(set(tasks)))
     if splits is not None:
-        keep_splits = set(splits)
-        ds = ds.filter(lambda r: r["split"] in keep_splits)
-    return ds
+        by_split = col("split").is_in(sorted(set(splits)))
+        keep = by_split if keep is None else keep & by_split
+    return ds if keep is None else ds.filter(expr=keep)
 
 
 def read_samples_table(out: str | Path) -> pa.Table:
