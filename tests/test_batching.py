@@ -49,7 +49,6 @@ def test_an_idle_model_waits_at_most_wait_s_for_company() -> None:
     async def main() -> tuple[float, Recorder]:
         rec = Recorder(0.0)
         batcher = GreedyBatcher(rec, max_batch_size=8, wait_s=0.2)
-        start = time.monotonic()
         first = asyncio.ensure_future(batcher.submit(1))
         await asyncio.sleep(0.05)
         second = await batcher.submit(2)  # arrives within the wait: same batch
