@@ -103,8 +103,8 @@ demo-cluster: setup
 	@echo "== local cluster (cluster/local/cluster.yaml): head + cpu-decode + gpu-standin; submit jobs/pipeline.py"
 	$(BIN)/crashchat cluster up --state-file $(DEMO_DIR)/cluster-state.json
 	$(BIN)/crashchat submit pipeline --address http://127.0.0.1:8265 --config jobs/configs/pipeline-tiny.yaml \
-		--annotations $(CURDIR)/$(DEMO_DIR)/data --video-root $(CURDIR)/$(DEMO_DIR)/data \
-		--model $(CURDIR)/$(DEMO_DIR)/model --output $(CURDIR)/$(DEMO_DIR)/pipeline \
+		--annotations $(abspath $(DEMO_DIR))/data --video-root $(abspath $(DEMO_DIR))/data \
+		--model $(abspath $(DEMO_DIR))/model --output $(abspath $(DEMO_DIR))/pipeline \
 		--env MLFLOW_TRACKING_URI=sqlite:///$(abspath $(DEMO_DIR))/pipeline.db; \
 	rc=$$?; $(BIN)/crashchat cluster down --state-file $(DEMO_DIR)/cluster-state.json; exit $$rc
 

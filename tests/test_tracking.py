@@ -91,3 +91,26 @@ def test_uri_resolution_and_param_flattening(tmp_path: Path, monkeypatch) -> Non
         "a.c.d": "[1, 2]",
         "e": "None",
     }
+
+
+def test_a_failed_send_is_retried_not_skipped(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = Tracker(uri)
+    first.create_run("r", "exp", "run")
+    assert first.flush(force=True)
+    again = Tracker(uri, run_ids=first.run_ids, skip_logged_steps=True, retry_interval_s=0)
+    again.log("r", {"train_loss": 1.0}, step=1)
+    real = again.client.log_batch
+    calls = []
+
+    def fail_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("store went away")
+        return real(*args, **kwargs)
+
+    again.client.log_batch = fail_once
+    assert not again.flush(force=True)  # kept in the journal
+    assert again.flush(force=True)  # and sent on the retry
+    history = MlflowClient(uri).get_metric_history(first.run_ids["r"], "train_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0)]

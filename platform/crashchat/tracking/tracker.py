@@ -242,6 +242,10 @@ class Tracker:
                     params=params if i == 0 else [],
                     tags=tags if i == 0 else [],
                 )
+            if self.skip_logged_steps:
+                # Only once the store has them: a failed send is retried, not skipped.
+                for metric in metrics:
+                    self._logged_steps[(run_id, metric.key)].add(metric.step)
         elif kind == "artifacts":
             self.client.log_artifacts(run_id, op["local_dir"], op["artifact_path"])
         elif kind == "register":
@@ -252,16 +256,16 @@ class Tracker:
             raise ValueError(f"unknown tracking operation {kind!r}")
 
     def _unlogged(self, run_id: str, metrics: list[Any]) -> list[Any]:
-        """The metrics whose step the run does not hold yet (and remember them as sent)."""
-        out = []
+        """The metrics at a step the run does not hold yet (each (key, step) once)."""
+        out, seen = [], set()
         for metric in metrics:
             cache_key = (run_id, metric.key)
             if cache_key not in self._logged_steps:
                 history = self.client.get_metric_history(run_id, metric.key)
                 self._logged_steps[cache_key] = {int(m.step) for m in history}
-            steps = self._logged_steps[cache_key]
-            if metric.step not in steps:
-                steps.add(metric.step)
+            pair = (metric.key, metric.step)
+            if pair not in seen and metric.step not in self._logged_steps[cache_key]:
+                seen.add(pair)
                 out.append(metric)
         return out
 
