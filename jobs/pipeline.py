@@ -24,16 +24,15 @@ from crashchat.config import ConfigError, PipelineConfig, build_config
 from crashchat.evaluation.compare import run_compare
 from crashchat.evaluation.runner import run_evaluation
 from crashchat.ray_utils import ensure_ray, leave_job_working_dir
+from crashchat.serving.lifecycle import ServeSetupError
 from crashchat.training.runner import ResourceError, plan_mixtures, run_training
 from crashchat.video.pipeline import run_preprocess
 
 
 def deploy(cfg: PipelineConfig, out: Path, model: str) -> dict[str, object]:
     """Serve the trained checkpoints (and the baseline) on this cluster; returns where."""
-    from ray import serve
-
-    from crashchat.serving.app import build_application
     from crashchat.serving.catalog import build_catalog_from_dir
+    from crashchat.serving.lifecycle import deploy as deploy_app
 
     assert cfg.serve is not None
     best = out / "comparison" / "best_checkpoints.json"
@@ -41,9 +40,7 @@ def deploy(cfg: PipelineConfig, out: Path, model: str) -> dict[str, object]:
     catalog = build_catalog_from_dir(
         out / "checkpoints", model, best if best.is_file() else None, prompts=prompts
     )
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(build_application(catalog, cfg.serve), name=cfg.serve.app_name, blocking=False)
-    return {"url": f"http://{cfg.serve.host}:{cfg.serve.port}/", "checkpoints": catalog.names}
+    return {"url": deploy_app(catalog, cfg.serve), "checkpoints": catalog.names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"stage": "compare", "best": comp.best, "run_id": run_id}), flush=True)
         if cfg.serve is not None:
             print(json.dumps({"stage": "serve", **deploy(cfg, out, args.model)}), flush=True)
-    except (ConfigError, FileNotFoundError, ValueError, ResourceError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError, ResourceError, ServeSetupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -21,6 +21,7 @@ from crashchat.serving.catalog import (
     build_catalog_from_dir,
     build_catalog_from_registry,
 )
+from crashchat.serving.lifecycle import ServeSetupError, deploy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,14 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CatalogError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from ray import serve
-
-    from crashchat.serving.app import build_application
-
     ensure_ray(args.address)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build_application(catalog, cfg), name=cfg.app_name, blocking=False)
-    info = {"url": f"http://{cfg.host}:{cfg.port}/", "checkpoints": catalog.names}
+    try:
+        url = deploy(catalog, cfg)
+    except ServeSetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    info = {"url": url, "checkpoints": catalog.names}
     print(json.dumps(info, indent=2))
     return 0
 

@@ -64,10 +64,23 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_foreground_serve_stops_cleanly_on_sigterm(checkpoints: Path, synth_dir: Path) -> None:
+def _listener(port: int) -> psutil.Process:
+    """The process listening on ``port``; asserts it listens on loopback only."""
+    found = [
+        c for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"
+    ]
+    assert found and all(c.laddr.ip == "127.0.0.1" for c in found), found
+    assert found[0].pid is not None
+    return psutil.Process(found[0].pid)
+
+
+@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
+def test_foreground_serve_stops_cleanly_on_sigterm(
+    checkpoints: Path, synth_dir: Path, ingress: str
+) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        _up_args(checkpoints, synth_dir, port),
+        [*_up_args(checkpoints, synth_dir, port), "--set", f"ingress={ingress}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -80,6 +93,9 @@ def test_foreground_serve_stops_cleanly_on_sigterm(checkpoints: Path, synth_dir:
         assert info["checkpoints"] == ["crash_recognition", "baseline"]
         clip = sorted((synth_dir / "videos").glob("*.mp4"))[0]
         assert "answer" in _analyze(info["url"], clip)["results"]["crash_recognition"]
+        assert info["ingress"] == ingress
+        # Who answers on the port: Ray's proxy actor, or the HAProxy it starts in its place.
+        assert ("haproxy" in _listener(port).name()) == (ingress == "haproxy")
         family = psutil.Process(proc.pid).children(recursive=True)
         ray_pids = set(head_processes(info["ray_address"]))
         assert ray_pids, "the Ray started by serve up was not found"
@@ -175,3 +191,16 @@ def test_serve_config_command_writes_a_deployable_file(checkpoints: Path, tmp_pa
     args = data["applications"][0]["args"]
     assert args["checkpoints"] == str(checkpoints.resolve())
     assert args["config"]["limits"]["max_upload_mb"] == 12
+    assert "cluster_env" not in json.loads(done.stdout.strip().splitlines()[-1])
+    # HAProxy ingress is the cluster's setting, not the file's: the command says what to set.
+    again = subprocess.run(
+        [*CLI, "serve", "config", "--out", str(out), "--checkpoints", str(checkpoints)]
+        + ["--set", "ingress=haproxy"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    info = json.loads(again.stdout.strip().splitlines()[-1])
+    assert info["cluster_env"]["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    ServeDeploySchema.model_validate(yaml.safe_load(out.read_text()))

@@ -167,6 +167,14 @@ def test_checkpoints_health_and_docs(served: Served) -> None:
     assert "swagger" in requests.get(served.url + "docs", timeout=30).text.lower()
 
 
+def test_haproxy_ingress_on_a_cluster_started_without_it_is_refused(served: Served) -> None:
+    from crashchat.serving.lifecycle import ServeSetupError, check_ingress
+
+    check_ingress(ServeConfig(ingress="proxy"))  # nothing needed
+    with pytest.raises(ServeSetupError, match="RAY_SERVE_ENABLE_HA_PROXY=1"):
+        check_ingress(ServeConfig(ingress="haproxy"))
+
+
 def test_analyze_upload_all_tasks_is_a_crash_report(served: Served) -> None:
     resp = served.upload(served.clip(1), tasks="all")
     assert resp.status_code == 200, resp.text

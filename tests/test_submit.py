@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -74,12 +75,15 @@ def test_pipeline_job_succeeds_and_mlflow_holds_its_runs(
 ) -> None:
     db = tmp_path / "mlflow.db"
     out = tmp_path / "run"
+    port = free_port()
     code, result, logs = _submit(
         cluster,
         "--env",
         f"MLFLOW_TRACKING_URI=sqlite:///{db}",
         "--config",
         str(REPO / "jobs/configs/pipeline-tiny.yaml"),
+        "--set",
+        f"serve.port={port}",
         "--annotations",
         str(synth_dir),
         "--video-root",
@@ -105,6 +109,21 @@ def test_pipeline_job_succeeds_and_mlflow_holds_its_runs(
     assert any(k.startswith("crash_recognition.") for k in trained.data.metrics)  # evaluated
     version = client.get_model_version_by_alias("crashchat-pipeline", "crash_recognition")
     assert version.run_id == trained.info.run_id
+    # The last stage left the checkpoint and the baseline serving on the cluster.
+    url = f"http://127.0.0.1:{port}/"
+    served = requests.get(url + "v1/checkpoints", timeout=60).json()
+    assert {c["name"] for c in served["checkpoints"]} == {"crash_recognition", "baseline"}
+    clip = sorted((synth_dir / "videos").glob("*.mp4"))[0]
+    with clip.open("rb") as f:
+        resp = requests.post(
+            url + "v1/analyze",
+            files={"video": (clip.name, f, "video/mp4")},
+            data={"tasks": "crash_recognition"},
+            timeout=120,
+        )
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()["results"]["crash_recognition"]
+    assert answer["checkpoint"] == "crash_recognition" and "answer" in answer
 
 
 def test_bad_config_job_fails_with_the_validation_message(

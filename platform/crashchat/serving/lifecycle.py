@@ -55,6 +55,47 @@ def check_exposure(cfg: ServeConfig) -> None:
         )
 
 
+def check_ingress(cfg: ServeConfig) -> None:
+    """The connected Ray cluster was started with what ``cfg.ingress`` needs.
+
+    Raises:
+        ServeSetupError: naming the variable the cluster lacks.
+    """
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def cluster_env(names: list[str]) -> dict[str, str | None]:
+        return {n: os.environ.get(n) for n in names}
+
+    wanted = cfg.ray_env()
+    if not wanted:
+        return
+    have = ray.get(cluster_env.remote(list(wanted)), timeout=60)
+    if have.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+        raise ServeSetupError(
+            f"ingress: {cfg.ingress} needs a Ray cluster started with "
+            "RAY_SERVE_ENABLE_HA_PROXY=1 in its environment; this one was not (start it with "
+            "that variable, let `serve up` start Ray by leaving out --address, or set "
+            "ingress: proxy)"
+        )
+
+
+def deploy(catalog: Catalog, cfg: ServeConfig) -> str:
+    """Run the application on the connected Ray cluster; returns its URL.
+
+    Raises:
+        ServeSetupError: when the cluster lacks what ``cfg.ingress`` needs.
+    """
+    from ray import serve
+
+    from crashchat.serving.app import build_application
+
+    check_ingress(cfg)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_application(catalog, cfg), name=cfg.app_name, route_prefix="/", blocking=False)
+    return f"http://{cfg.host}:{cfg.port}/"
+
+
 def serve_up(
     catalog: Catalog,
     cfg: ServeConfig,
@@ -81,19 +122,17 @@ def serve_up(
         # Before Ray is imported: it reads the auth mode once, and the head uses tokens.
         enable_token_auth()
     import ray
-    from ray import serve
 
     from crashchat.ray_utils import ensure_ray
-    from crashchat.serving.app import build_application
 
     owned = address is None  # this call starts the Ray it serves on, and stops it on down
+    if owned:
+        os.environ.update(cfg.ray_env())  # inherited by the Ray processes started below
     if owned and detach:
         address = start_head(num_cpus)
     ensure_ray(address, num_cpus)
     address = ray.get_runtime_context().gcs_address
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build_application(catalog, cfg), name=cfg.app_name, route_prefix="/", blocking=False)
-    url = f"http://{cfg.host}:{cfg.port}/"
+    url = deploy(catalog, cfg)
     state = ServeState(address, url, cfg.app_name, owned, os.getpid())
     if detach:
         state_file.parent.mkdir(parents=True, exist_ok=True)
