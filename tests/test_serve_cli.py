@@ -115,13 +115,21 @@ def test_foreground_serve_stops_cleanly_on_sigterm(
     assert not _port_open(port)
 
 
+@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
 def test_detached_serve_outlives_its_command_until_down(
-    checkpoints: Path, synth_dir: Path, tmp_path: Path
+    checkpoints: Path, synth_dir: Path, tmp_path: Path, ingress: str
 ) -> None:
     port = free_port()
     state = tmp_path / "state.json"
     up = subprocess.run(
-        [*_up_args(checkpoints, synth_dir, port), "--detach", "--state-file", str(state)],
+        [
+            *_up_args(checkpoints, synth_dir, port),
+            "--detach",
+            "--state-file",
+            str(state),
+            "--set",
+            f"ingress={ingress}",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -134,6 +142,8 @@ def test_detached_serve_outlives_its_command_until_down(
         assert info["detached"] and json.loads(state.read_text())["started_ray"]
         clip = sorted((synth_dir / "videos").glob("*.mp4"))[1]
         assert "answer" in _analyze(info["url"], clip)["results"]["crash_recognition"]
+        # The head started by the detached command (not this process) has the ingress it asked.
+        assert ("haproxy" in _listener(port).name()) == (ingress == "haproxy")
         down = subprocess.run(
             [*CLI, "serve", "down", "--state-file", str(state)],
             capture_output=True,
@@ -144,6 +154,7 @@ def test_detached_serve_outlives_its_command_until_down(
         assert not state.exists()
         assert head_processes(address) == []
         assert not _port_open(port)
+        assert not [p for p in psutil.process_iter(["name"]) if "haproxy" in (p.info["name"] or "")]
         # Forgotten as the machine's current cluster, so a later ray.init() starts afresh.
         current = Path("/tmp/ray/ray_current_cluster")
         assert not current.exists() or current.read_text().strip() != address
@@ -194,8 +205,17 @@ def test_serve_config_command_writes_a_deployable_file(checkpoints: Path, tmp_pa
     assert "cluster_env" not in json.loads(done.stdout.strip().splitlines()[-1])
     # HAProxy ingress is the cluster's setting, not the file's: the command says what to set.
     again = subprocess.run(
-        [*CLI, "serve", "config", "--out", str(out), "--checkpoints", str(checkpoints)]
-        + ["--set", "ingress=haproxy"],
+        [
+            *CLI,
+            "serve",
+            "config",
+            "--out",
+            str(out),
+            "--checkpoints",
+            str(checkpoints),
+            "--set",
+            "ingress=haproxy",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
