@@ -59,9 +59,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         assert head_processes(info["address"]) == []
 
 
-def _submit(cluster: Cluster, *args: str) -> tuple[int, dict[str, str], str]:
+def _submit(cluster: Cluster, *args: str, job: str = "pipeline") -> tuple[int, dict[str, str], str]:
     done = subprocess.run(
-        [*CLI, "submit", "pipeline", "--address", cluster.dashboard, *args],
+        [*CLI, "submit", job, "--address", cluster.dashboard, *args],
         capture_output=True,
         text=True,
         timeout=800,
@@ -124,6 +124,26 @@ def test_pipeline_job_succeeds_and_mlflow_holds_its_runs(
     assert resp.status_code == 200, resp.text
     answer = resp.json()["results"]["crash_recognition"]
     assert answer["checkpoint"] == "crash_recognition" and "answer" in answer
+    # The serve job alone redeploys the same app, routing `auto` by the comparison's picks.
+    code, result, logs = _submit(
+        cluster,
+        "--checkpoints",
+        str(out / "checkpoints"),
+        "--base-model",
+        str(tiny_model_dir),
+        "--best",
+        str(out / "comparison" / "best_checkpoints.json"),
+        "--config",
+        str(REPO / "jobs/configs/serve-tiny.yaml"),
+        "--set",
+        f"port={port}",
+        job="serve",
+    )
+    assert code == 0 and result["status"] == "SUCCEEDED", logs[-4000:]
+    assert f'"url": "http://127.0.0.1:{port}/"' in logs
+    served = requests.get(url + "v1/checkpoints", timeout=60).json()
+    assert served["auto"]["crash_recognition"] == "crash_recognition"
+    assert {c["name"] for c in served["checkpoints"]} == {"crash_recognition", "baseline"}
 
 
 def test_bad_config_job_fails_with_the_validation_message(
