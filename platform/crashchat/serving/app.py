@@ -292,7 +292,10 @@ class Router:
 
     async def _with_timeout(self, coro: Any) -> Any:
         try:
-            return await asyncio.wait_for(coro, self.cfg.limits.request_timeout_s)
+            # A timeout scope, not wait_for: the work stays in the request's task, so the
+            # answer goes out without a hop through another task.
+            async with asyncio.timeout(self.cfg.limits.request_timeout_s):
+                return await coro
         except TimeoutError:
             raise RequestError(
                 504, f"the request took over {self.cfg.limits.request_timeout_s:g} s"
