@@ -174,28 +174,21 @@ def test_detached_serve_outlives_its_command_until_down(
             stop_head(address)
 
 
-def test_serve_config_command_writes_a_deployable_file(checkpoints: Path, tmp_path: Path) -> None:
-    from ray.serve.schema import ServeDeploySchema
-
-    out = tmp_path / "serve" / "tiny.yaml"
-    done = subprocess.run(
-        [
-            *CLI,
-            "serve",
-            "config",
-            "--out",
-            str(out),
-            "--checkpoints",
-            str(checkpoints),
-            "--config",
-            str(REPO / "jobs/configs/serve-tiny.yaml"),
-            "--max-upload-mb",
-            "12",
-        ],
+def _serve_config(out: Path, checkpoints: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "serve", "config", "--out", str(out), "--checkpoints", str(checkpoints), *extra],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_serve_config_command_writes_a_deployable_file(checkpoints: Path, tmp_path: Path) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    out = tmp_path / "serve" / "tiny.yaml"
+    config = ["--config", str(REPO / "jobs/configs/serve-tiny.yaml"), "--max-upload-mb", "12"]
+    done = _serve_config(out, checkpoints, *config)
     assert done.returncode == 0, done.stderr[-2000:]
     import yaml
 
@@ -206,22 +199,7 @@ def test_serve_config_command_writes_a_deployable_file(checkpoints: Path, tmp_pa
     assert args["config"]["limits"]["max_upload_mb"] == 12
     assert "cluster_env" not in json.loads(done.stdout.strip().splitlines()[-1])
     # HAProxy ingress is the cluster's setting, not the file's: the command says what to set.
-    again = subprocess.run(
-        [
-            *CLI,
-            "serve",
-            "config",
-            "--out",
-            str(out),
-            "--checkpoints",
-            str(checkpoints),
-            "--set",
-            "ingress=haproxy",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    again = _serve_config(out, checkpoints, "--set", "ingress=haproxy")
     assert again.returncode == 0, again.stderr[-2000:]
     info = json.loads(again.stdout.strip().splitlines()[-1])
     assert info["cluster_env"]["RAY_SERVE_ENABLE_HA_PROXY"] == "1"

@@ -61,15 +61,15 @@ def check_ingress(cfg: ServeConfig) -> None:
     Raises:
         ServeSetupError: naming the variable the cluster lacks.
     """
+    wanted = cfg.ray_env()
+    if not wanted:
+        return
     import ray
 
     @ray.remote(num_cpus=0)
     def cluster_env(names: list[str]) -> dict[str, str | None]:
         return {n: os.environ.get(n) for n in names}
 
-    wanted = cfg.ray_env()
-    if not wanted:
-        return
     have = ray.get(cluster_env.remote(list(wanted)), timeout=60)
     if have.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
         raise ServeSetupError(
