@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/serve_load.py [--seconds 20] [--concurrency 16]``
 
-In one run, on a local Ray with the tiny model (one LoRA checkpoint, jobs/configs/serve-tiny.yaml),
+In one run, on a local Ray with the tiny model (one LoRA checkpoint, serve/tiny.yaml),
 loopback only and bounded in requests and time:
   (a) saturation with dynamic batching (``max_batch_size`` 8) and without (1): requests/s and
       p50/p99 latency of ``POST /v1/analyze`` (JSON path, one text task with the default answer
@@ -14,6 +14,8 @@ loopback only and bounded in requests and time:
       two alternate, so drift weighs on both alike; one-token answers, so the model's time and
       its noise do not drown the router's). ``--ingress proxy`` measures Ray Serve's Python proxy
       in front of the router instead of its HAProxy ingress (the default here).
+``--api openai`` sends the same work as OpenAI chat completions (``POST /v1/chat/completions``,
+the clip as a ``file://`` video part, the task's prompt as text) instead of ``/v1/analyze``.
 Last line: ``batching_speedup=X router_overhead_ms_p50=Y p99_ms=Z error_rate=E``.
 """
 
@@ -36,38 +38,17 @@ MAX_REQUESTS = 5000
 
 def _build(root: Path) -> tuple[Path, Path]:
     """Synthetic clips, the tiny model, and one checkpoint with a random adapter."""
-    import torch
-
-    from crashchat.config import LoraSettings, SynthConfig, TinyModelConfig, TrainConfig
+    from crashchat.config import SynthConfig, TinyModelConfig
     from crashchat.data.synth import generate_dataset
     from crashchat.data.synth.labels import all_label_text
-    from crashchat.models.checkpoint import NON_LORA_FILE
-    from crashchat.models.loading import load_model
-    from crashchat.models.lora import apply_lora, trainable_state
-    from crashchat.models.tiny import build_tiny_model
-    from crashchat.training.runner import write_platform_checkpoint
+    from crashchat.models.tiny import build_random_checkpoint, build_tiny_model
 
     data = root / "data"
     generate_dataset(data, SynthConfig(videos=8, seed=3))
     model_dir = build_tiny_model(root / "model", TinyModelConfig(), all_label_text())
-    torch.manual_seed(0)
-    model = apply_lora(load_model(model_dir).model, LoraSettings(r=4, alpha=8, dropout=0.0))
-    adapter, non_lora = trainable_state(model)
-    export = root / "export"
-    model.save_pretrained(str(export / "adapter"), state_dict=adapter)
-    from safetensors.torch import save_file
-
-    save_file(non_lora, str(export / NON_LORA_FILE))
     prompts = json.loads((data / "prompts.json").read_text())
-    write_platform_checkpoint(
-        root / "ckpts" / TASK,
-        export,
-        str(model_dir),
-        str(model_dir),
-        {TASK: prompts[TASK]},
-        TrainConfig(),
-        {"mixture": TASK, "strategy": "monotask", "tasks": [TASK], "step": 1},
-    )
+    meta = {"mixture": TASK, "strategy": "monotask", "tasks": [TASK]}
+    build_random_checkpoint(model_dir, root / "ckpts" / TASK, meta, {TASK: prompts[TASK]})
     return data, root / "ckpts"
 
 
@@ -157,7 +138,7 @@ def _cpu_share(before: dict[str, float], after: dict[str, float], wall: float) -
 def _deploy(catalog: Any, cfg: Any, batch: int, answer_tokens: int | None = None) -> None:
     from ray import serve
 
-    from crashchat.serving.app import build_application
+    from crashchat.serving.builder import build_application
 
     cfg = cfg.model_copy(deep=True)
     cfg.model.max_batch_size = batch
@@ -171,7 +152,7 @@ def _direct_call(catalog: Any, clip: Path) -> Any:
     """The router's work without the router: decoder handle, then model handle."""
     from ray import serve
 
-    from crashchat.serving.app import processor_group
+    from crashchat.serving.catalog import processor_group
     from crashchat.serving.generation import Question
 
     ckpt = catalog.checkpoints[TASK]
@@ -184,6 +165,21 @@ def _direct_call(catalog: Any, clip: Path) -> Any:
         model.answer.remote(Question(clip_inputs, TASK, ckpt.prompts[TASK])).result(timeout_s=60)
 
     return call
+
+
+def _request(api: str, port: int, clip: Path, prompt: str) -> tuple[str, dict[str, Any]]:
+    """URL and JSON body of one request for ``api`` (the same clip and task either way)."""
+    base = f"http://127.0.0.1:{port}/v1/"
+    if api == "analyze":
+        return base + "analyze", {"video_path": str(clip), "tasks": [TASK]}
+    content = [
+        {"type": "video_url", "video_url": {"url": clip.resolve().as_uri()}},
+        {"type": "text", "text": prompt},
+    ]
+    return base + "chat/completions", {
+        "model": "auto",
+        "messages": [{"role": "user", "content": content}],
+    }
 
 
 def main() -> None:
@@ -208,6 +204,12 @@ def main() -> None:
         help="ServeConfig.ingress: Ray Serve's HAProxy ingress, or its Python proxy actor.",
     )
     parser.add_argument(
+        "--api",
+        choices=("analyze", "openai"),
+        default="analyze",
+        help="POST /v1/analyze, or the OpenAI-compatible /v1/chat/completions.",
+    )
+    parser.add_argument(
         "--max-new-tokens-text",
         type=int,
         default=160,
@@ -228,7 +230,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data, ckpts = _build(Path(tmp))
         clip = sorted((data / "videos").glob("*.mp4"))[0]
-        cfg = load_config(REPO / "jobs/configs/serve-tiny.yaml", ServeConfig)
+        cfg = load_config(REPO / "serve/tiny.yaml", ServeConfig)
         cfg.port = free_port()
         cfg.limits.allowed_roots = [str(data)]
         cfg.max_new_tokens_text = args.max_new_tokens_text
@@ -236,8 +238,7 @@ def main() -> None:
         cfg.ingress = args.ingress
         os.environ.update(cfg.ray_env())  # read by the Ray that ray.init starts below
         catalog = build_catalog_from_dir(ckpts, with_baseline=False)
-        url = f"http://127.0.0.1:{cfg.port}/v1/analyze"
-        body = {"video_path": str(clip), "tasks": [TASK]}
+        url, body = _request(args.api, cfg.port, clip, catalog.checkpoints[TASK].prompts[TASK])
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
@@ -271,7 +272,8 @@ def main() -> None:
                 direct_lat.append((time.perf_counter() - start) * 1000)
             http_p50, direct = statistics.median(http_lat), statistics.median(direct_lat)
             paired = statistics.median(h - d for h, d in zip(http_lat, direct_lat, strict=True))
-            line = {"ingress": args.ingress, "http_p50_ms": http_p50, "direct_p50_ms": direct}
+            line = {"ingress": args.ingress, "api": args.api, "http_p50_ms": http_p50}
+            line["direct_p50_ms"] = direct
             print(json.dumps(line | {"paired_difference_p50_ms": paired}), flush=True)
         finally:
             serve.shutdown()

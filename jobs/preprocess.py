@@ -1,48 +1,21 @@
 """Ray job: decode and preprocess annotated videos into training-ready Parquet samples.
 
-Launch on a cluster (the working directory ships the project)::
+The job is ``crashchat preprocess``: same options, same defaults (``--help`` shows them). Launch on
+a cluster (the project ships with the job)::
 
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
-        python jobs/preprocess.py --annotations data/ --video-root data/ \\
-        --model runs/demo/model --out runs/demo/preprocessed
+    crashchat submit preprocess --address http://127.0.0.1:8265 \\
+        --annotations /shared/data --video-root /shared/data \\
+        --model /shared/model --out /shared/preprocessed
 
-or locally: ``python jobs/preprocess.py ... --address local``.
+or ``ray job submit --working-dir . -- python jobs/preprocess.py ...``. Run directly, it starts a Ray
+here unless ``--address auto`` (a cluster on this node) or ``RAY_ADDRESS`` says which to join.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
 import sys
 
-from crashchat.config import ConfigError, PreprocessConfig, build_config
-from crashchat.video.pipeline import run_preprocess
+from crashchat.cli import run_command
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--annotations", nargs="+", required=True, help="annotation files or folders"
-    )
-    parser.add_argument("--video-root", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--config", help="YAML with a PreprocessConfig")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
-    parser.add_argument("--address", default="auto", help="'auto' inside a Ray job, or 'local'")
-    args = parser.parse_args(argv)
-
-    try:
-        cfg = build_config(args.config, PreprocessConfig, args.overrides)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    result = run_preprocess(
-        args.annotations, args.video_root, args.model, args.out, cfg, args.address
-    )
-    print(json.dumps(result.summary(), indent=2))
-    return 1 if cfg.strict and result.failures else 0
-
+COMMAND = "preprocess"
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(COMMAND))

@@ -18,9 +18,9 @@ from crashchat.models.checkpoint import (
     CheckpointWriter,
     load_checkpoint,
     verify_checkpoint,
+    write_platform_checkpoint,
 )
 from crashchat.models.loading import load_model
-from crashchat.training.runner import write_platform_checkpoint
 from helpers import export_trainables, perturbed_lora_model, text_inputs
 
 
@@ -36,7 +36,7 @@ def checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory): 
         str(tiny_model_dir),
         str(tiny_model_dir),
         {"crash_recognition": "Is there a crash?"},
-        TrainConfig(),
+        TrainConfig().model_dump(mode="json"),
         {"mixture": "crash_recognition", "tasks": ["crash_recognition"], "step": 3},
     )
     with torch.no_grad():

@@ -113,7 +113,7 @@ def test_rayservice_embeds_a_serve_config_our_model_accepts() -> None:
     serve_cfg = yaml.safe_load(service["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(serve_cfg)
     app = serve_cfg["applications"][0]
-    assert app["import_path"] == "crashchat.serving.app:build_app"
+    assert app["import_path"] == "crashchat.serving.builder:build_app"
     cfg = ServeConfig.model_validate(app["args"]["config"])
     assert app["args"]["registry"]
     # Bound beyond loopback, so the token must reach every container from a Secret.
@@ -139,7 +139,7 @@ def test_job_resources_exist_where_they_should_run() -> None:
     local_offered = {k for n in [local.head, *local.workers] for k in n.resources}
     pre = load_config(REPO / "jobs" / "configs" / "preprocess.yaml", PreprocessConfig)
     train = load_config(REPO / "jobs" / "configs" / "videollama3-7b.yaml", TrainConfig)
-    gpu_serve = load_config(REPO / "jobs" / "configs" / "serve-videollama3-7b.yaml", ServeConfig)
+    gpu_serve = load_config(REPO / "serve" / "videollama3-7b.yaml", ServeConfig)
     assert pre.placement.resource in aws["cpu_decode"]["resources"]
     assert pre.placement.resource in local_offered
     assert set(train.scaling.worker_resources) <= set(aws["gpu"]["resources"])

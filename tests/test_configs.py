@@ -31,6 +31,7 @@ CONFIGS: dict[str, type[BaseModel]] = {
     "jobs/configs/tiny-model.yaml": TinyModelConfig,
     "jobs/configs/preprocess.yaml": PreprocessConfig,
     "jobs/configs/preprocess-tiny.yaml": PreprocessConfig,
+    "jobs/configs/preprocess-7b-eval.yaml": PreprocessConfig,
     "jobs/configs/tiny-cpu.yaml": TrainConfig,
     "jobs/configs/videollama3-7b.yaml": TrainConfig,
     "jobs/configs/tiny-learn-pretrain.yaml": TrainConfig,
@@ -39,14 +40,17 @@ CONFIGS: dict[str, type[BaseModel]] = {
     "jobs/configs/preprocess-learn.yaml": PreprocessConfig,
     "jobs/configs/eval-learn.yaml": EvalConfig,
     "jobs/configs/eval-tiny.yaml": EvalConfig,
-    "jobs/configs/serve-tiny.yaml": ServeConfig,
-    "jobs/configs/serve-videollama3-7b.yaml": ServeConfig,
+    "jobs/configs/eval-demo.yaml": EvalConfig,
+    "jobs/configs/tiny-demo.yaml": TrainConfig,
+    "serve/tiny.yaml": ServeConfig,
+    "serve/videollama3-7b.yaml": ServeConfig,
     "jobs/configs/pipeline-tiny.yaml": PipelineConfig,
     "cluster/local/cluster.yaml": LocalClusterConfig,
     "jobs/configs/pipeline-7b.yaml": PipelineConfig,
 }
 # YAML with another schema, validated by the named test module.
 OTHER_SCHEMAS: dict[str, str] = {
+    "serve/demo.yaml": "test_serve_files.py (Ray's ServeDeploySchema, the app's config)",
     "cluster/aws.yaml": "test_cluster_files.py (Ray's ray-schema.json)",
     "cluster/kuberay/raycluster.yaml": "test_cluster_files.py (KubeRay structure)",
     "cluster/kuberay/rayjob.yaml": "test_cluster_files.py (KubeRay structure)",
@@ -169,3 +173,21 @@ def test_upstream_hyperparameters_in_the_7b_config() -> None:
     assert (s.global_batch_size, s.epochs, s.monotask_epochs) == (24, 10, 20)
     assert (s.eval_every, s.save_every, s.early_stopping_patience) == (50, 50, 3)
     assert s.early_stopping_threshold == 0.001
+    assert s.num_checkpoints_to_keep == 5 and cfg.loss_reduction == "tokens"
+
+
+def test_7b_configs_train_at_10240_and_evaluate_at_16384_visual_tokens() -> None:
+    """Upstream trains with mm_max_length 10,240 and evaluates with max_visual_tokens 16,384."""
+    pipe = load_config(REPO / "jobs/configs/pipeline-7b.yaml", PipelineConfig)
+    assert pipe.preprocess.max_visual_tokens == 10240
+    assert pipe.evaluate.preprocess.max_visual_tokens == 16384
+    assert (
+        load_config(REPO / "jobs/configs/preprocess.yaml", PreprocessConfig).max_visual_tokens
+        == 10240
+    )
+    ev = load_config(REPO / "jobs/configs/preprocess-7b-eval.yaml", PreprocessConfig)
+    assert (ev.max_visual_tokens, ev.splits) == (16384, ["test"])
+    serve = load_config(REPO / "serve/videollama3-7b.yaml", ServeConfig)
+    assert serve.preprocess.max_visual_tokens == 16384 and serve.model.max_batch_tokens
+    train = load_config(REPO / "jobs/configs/videollama3-7b.yaml", TrainConfig)
+    assert (train.plan.max_visual_tokens, train.plan.serve_max_visual_tokens) == (10240, 16384)

@@ -79,7 +79,8 @@ def bad_media(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path) -> Path
     write_truncated(fast, copy_tree / "truncated_faststart.mp4", 0.4)
     write_audio_only(copy_tree / "audio_only.mp4")
     write_video(copy_tree / "huge.mp4", 4112, 4112, 2)
-    copy(good, copy_tree / "crashme.mp4")
+    # Its own content: a copy of a good clip would share its stored clip and never be decoded.
+    write_video(copy_tree / "crashme.mp4", 112, 112, 30)
     prompt = PROMPTS["crash_recognition"]
     records = [make_record(f"videos/{name}", prompt, "Yes", "BAD") for name in BAD]
     records.append(make_record("videos/also_bad_answer.mp4", prompt, "1.0 - 2.0 seconds", "BAD"))
@@ -288,3 +289,90 @@ def test_a_hung_decoder_is_cancelled_and_the_rest_finishes(
     [failure] = result.failures
     assert failure["video"] == hung and failure["stage"] == "decode"
     assert "timed out after 5 s" in failure["reason"]
+
+
+def test_each_clip_is_stored_once_and_records_refer_to_it(
+    preprocessed: Any, synth_dir: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    from crashchat.video.samples import RECORD_SCHEMA, read_records_table, stored_clip_keys
+
+    out, _ = preprocessed
+    records = read_records_table(out)
+    keys = set(records["clip_key"].to_pylist())
+    videos = set(records["video"].to_pylist())
+    assert stored_clip_keys(out) == keys and len(keys) == len(videos)
+    assert records.num_rows > 2 * len(keys)  # several records per clip, its pixels once
+    for part in (out / "samples").glob("*.parquet"):  # no pixels in the records table
+        assert pq.read_schema(part).names == RECORD_SCHEMA.names
+    counts = load_manifest(out)["counts"]
+    assert counts["clips_written"] == len(keys) and counts["clips_decoded"] == len(keys)
+
+
+def test_joined_rows_hold_the_tensors_direct_processing_gives(
+    preprocessed: Any, tiny_model_dir: Path, bad_media: Path
+) -> None:
+    """Every record's joined row: the same pixels, grid, mask, ids and labels as decoding and
+    processing its clip directly (what schema version 1 stored with every record)."""
+    from crashchat.models import load_model
+    from crashchat.video.decode import DecodeSpec, decode_clip
+    from crashchat.video.model_inputs import InputBuilder
+
+    out, _ = preprocessed
+    builder = InputBuilder(load_model(tiny_model_dir).processor)
+    rows = read_samples_table(out).to_pylist()
+    direct: dict[str, Any] = {}
+    for row in rows:
+        if row["video"] not in direct:
+            clip = decode_clip(
+                str(bad_media / row["video"]), 112, 112, 40, DecodeSpec(frame_size=56)
+            )
+            direct[row["video"]] = (
+                clip,
+                builder.video(clip.frames, clip.indices, clip.source_fps, clip.source_frames),
+            )
+        clip, vid = direct[row["video"]]
+        assert row["pixel_values"] == vid.pixels.tobytes()
+        assert row["video_grid_thw"] == vid.grid_thw
+        assert row["video_compression_mask"] == vid.compression_mask
+        assert row["frame_indices"] == clip.indices and row["num_frames"] == len(clip.indices)
+        ids, labels = builder.tokens(vid, row["prompt"], row["answer"])
+        assert row["input_ids"] == ids and row["labels"] == labels
+
+
+def test_adding_clips_decodes_only_the_new_ones(
+    local_ray, synth_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from crashchat.video.samples import stored_clip_keys
+
+    source = synth_dir / "crashchat_synth_crash_recognition_train.json"
+    first = json.loads(source.read_text())
+    assert len(first) >= 4
+    head, tail = first[:-2], first[-2:]
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    write_annotation_file(ann / source.name, head)
+    out = tmp_path / "out"
+    run_preprocess([ann], synth_dir, tiny_model_dir, out, address=None)
+    before = {k: (out / "clips" / f"{k}.parquet").stat().st_mtime_ns for k in stored_clip_keys(out)}
+    write_annotation_file(ann / source.name, head + tail)
+    again = run_preprocess([ann], synth_dir, tiny_model_dir, out, address=None)
+    counts = again.manifest["counts"]
+    assert (counts["clips_decoded"], counts["clips_reused"]) == (2, len(head))
+    for key, mtime in before.items():  # the stored clips were not rewritten
+        assert (out / "clips" / f"{key}.parquet").stat().st_mtime_ns == mtime
+    assert again.samples == len(first)
+    # Dropping records drops their clips.
+    write_annotation_file(ann / source.name, head[:1])
+    third = run_preprocess([ann], synth_dir, tiny_model_dir, out, address=None)
+    assert third.manifest["counts"]["clips_removed"] == len(first) - 1
+    assert len(stored_clip_keys(out)) == 1
+
+
+def test_a_dataset_in_the_old_layout_is_refused_with_how_to_rebuild(tmp_path: Path) -> None:
+    from crashchat.video.samples import DatasetVersionError
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1, "counts": {}}))
+    with pytest.raises(DatasetVersionError, match=r"schema version 1.*crashchat preprocess"):
+        load_manifest(tmp_path)

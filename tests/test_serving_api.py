@@ -10,6 +10,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +25,7 @@ from ray import serve
 from conftest import REAL_CLIPS, needs_shared, start_local_ray
 from crashchat.config import AutoscalingSettings, ReplicaSettings, ServeConfig, load_config
 from crashchat.local_cluster import free_port
-from crashchat.serving.app import build_application
+from crashchat.serving.builder import build_application
 from crashchat.serving.catalog import build_catalog_from_dir
 from helpers import make_checkpoints
 
@@ -122,7 +123,7 @@ def served(tiny_model_dir: Path, synth_dir: Path, tmp_path_factory) -> Iterator[
     (bad / "garbage.mp4").write_bytes(os.urandom(5000))
     _zero_frame_mp4(bad / "empty_stream.mp4")
 
-    cfg = load_config(REPO / "jobs/configs/serve-tiny.yaml", ServeConfig)
+    cfg = load_config(REPO / "serve/tiny.yaml", ServeConfig)
     cfg.port = free_port()
     cfg.prompts = str(synth_dir / "prompts.json")
     roots = [str(synth_dir), str(bad)] + ([str(REAL_CLIPS)] if REAL_CLIPS.exists() else [])
@@ -488,6 +489,10 @@ def test_web_page_in_a_headless_browser(served: Served) -> None:
         assert set(options) == {"auto", "baseline", *MIXTURES}
         clip = served.clip(1)
         driver.find_element(By.ID, "video").send_keys(str(clip))
+        # The chosen clip shows its first frame before anything is analysed (not a black box).
+        wait.until(
+            lambda d: d.execute_script("return document.getElementById('player').readyState") >= 2
+        )
         driver.find_element(By.ID, "submit").click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.result")) == 6)
         rows = {
@@ -496,6 +501,20 @@ def test_web_page_in_a_headless_browser(served: Served) -> None:
         assert len(rows) == 6
         wait.until(ec.visibility_of_element_located((By.ID, "timeline")))
         assert "done in" in driver.find_element(By.ID, "status").text
+        # The report leads: a verdict and one line per answer, the raw table folded below it.
+        report = driver.find_element(By.ID, "report")
+        assert report.is_displayed()
+        assert driver.find_element(By.ID, "verdict").text in (
+            "Crash",
+            "No crash",
+            "Crash: not asked or not answered",
+        )
+        facts = [dt.text for dt in report.find_elements(By.TAG_NAME, "dt")]
+        assert facts[:3] == ["crash", "crash interval", "pre-crash cue"] and len(facts) == 6
+        assert not driver.find_element(By.CSS_SELECTOR, "#raw-box").get_attribute("open")
+        if os.environ.get("CRASHCHAT_SCREENSHOT"):
+            driver.set_window_size(1100, 1400)
+            driver.save_screenshot(os.environ["CRASHCHAT_SCREENSHOT"])
         ticks = driver.find_elements(By.CSS_SELECTOR, "#timeline .tick")
         assert len(ticks) >= 2
         # The drawn markers follow the answers the API gives for the same clip.
@@ -507,3 +526,167 @@ def test_web_page_in_a_headless_browser(served: Served) -> None:
         assert cue.is_displayed() == isinstance(api.get("pre_crash_cue_s"), (int, float))
     finally:
         driver.quit()
+
+
+# -- OpenAI-compatible chat, through the official client ------------------------------------------
+def _openai(served: Served):  # type: ignore[no-untyped-def]
+    import openai
+
+    return openai.OpenAI(base_url=served.url + "v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def _data_url(path: Path, mime: str = "video/mp4") -> str:
+    import base64
+
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _chat(url: str, text: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "video_url", "video_url": {"url": url}},
+                {"type": "text", "text": text},
+            ],
+        }
+    ]
+
+
+def test_openai_client_task_prompt_answers_as_analyze_does(served: Served, synth_dir: Path) -> None:
+    prompts = json.loads((synth_dir / "prompts.json").read_text())
+    clip = served.clip(3)
+    client = _openai(served)
+    got = client.chat.completions.create(
+        model="auto",
+        messages=_chat(_data_url(clip), prompts["crash_localization"]),  # type: ignore[arg-type]
+    )
+    analyzed = served.upload(clip, tasks="crash_localization").json()["results"][
+        "crash_localization"
+    ]
+    assert got.model == analyzed["checkpoint"] == "perception_centric"
+    assert got.choices[0].message.content == analyzed["answer"]
+    assert got.choices[0].finish_reason in ("stop", "length")
+    extra = got.model_extra["crashchat"]  # type: ignore[index]
+    assert extra["task"] == "crash_localization" and extra["value"] == analyzed["value"]
+    assert extra["frames"] == len(extra["timestamps"]) > 0
+    usage = got.usage
+    assert usage is not None and usage.prompt_tokens > usage.model_extra["visual_tokens"] > 0  # type: ignore[index]
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    # The same clip by file:// path under an allowed root, and an explicit checkpoint name.
+    by_path = client.chat.completions.create(
+        model="perception_centric",
+        messages=_chat(clip.resolve().as_uri(), prompts["crash_localization"]),  # type: ignore[arg-type]
+    )
+    assert by_path.choices[0].message.content == analyzed["answer"]
+
+
+def test_openai_client_free_form_streaming_and_models(served: Served) -> None:
+    client = _openai(served)
+    url = _data_url(served.clip(4))
+    question = "What colour is the car on the left?"
+    whole = client.chat.completions.create(
+        model="auto",
+        messages=_chat(url, question),
+        max_tokens=12,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    assert whole.model == "baseline"  # no all-task checkpoint is served: the baseline answers
+    assert whole.model_extra["crashchat"]["task"] is None  # type: ignore[index]
+    assert isinstance(whole.choices[0].message.content, str)
+    assert whole.usage is not None and 0 < whole.usage.completion_tokens <= 12
+    stream = client.chat.completions.create(
+        model="auto", messages=_chat(url, question), max_tokens=12, stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[
+        0
+    ].finish_reason
+    assert (
+        chunks[-1].usage is not None and chunks[-1].usage.total_tokens == whole.usage.total_tokens
+    )
+    listed = {m.id: m for m in client.models.list()}
+    assert set(listed) == set(MIXTURES) | {"baseline", "auto"}
+    assert "crash_recognition" in listed["crash_recognition"].model_extra["crashchat"]["tasks"]  # type: ignore[index]
+
+
+def test_openai_client_refusals_name_the_field(served: Served, tmp_path: Path) -> None:
+    import openai
+
+    before = settled_pids(("router", "decoder", "model_baseline"))
+    client = _openai(served)
+    clip = served.clip(0)
+    big = tmp_path / "big.mp4"
+    big.write_bytes(clip.read_bytes() + os.urandom(3 * 2**20))
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"messages": _chat(_data_url(big), "Crash?")}, 413, "above the 2 MiB limit"),
+        ({"messages": _chat(_data_url(clip, "text/plain"), "Crash?")}, 415, "not a video"),
+        ({"messages": _chat(_data_url(clip), "Crash?"), "model": "gpt-4o"}, 404, "not found"),
+        ({"messages": _chat("https://example.com/a.mp4", "Crash?")}, 403, "not fetched"),
+        ({"messages": _chat("file:///etc/hostname", "Crash?")}, 403, "outside the allowed roots"),
+        ({"messages": _chat(_data_url(clip), "Crash?"), "extra_body": {"mm_processor_kwargs": {"fps": 500}}}, 422, "fps"),
+        ({"messages": _chat(_data_url(clip), "Crash?"), "n": 2}, 422, "n:"),
+        ({"messages": [{"role": "user", "content": "no video"}]}, 422, "video part"),
+    ]  # fmt: skip
+    for kwargs, status, words in cases:
+        kwargs = {"model": "auto", **kwargs}
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
+        assert err.value.status_code == status, (kwargs.get("model"), err.value)
+        body = err.value.body
+        assert isinstance(body, dict) and words in body["message"], body
+        assert body["type"] and "param" in body and "code" in body
+    assert settled_pids(("router", "decoder", "model_baseline")) == before
+
+
+# -- API fuzzing --------------------------------------------------------------------------------
+def test_api_fuzzing_finds_no_server_error(served: Served) -> None:
+    """schemathesis against the OpenAPI the router publishes: at least 1,000 generated requests
+    (schema-valid and schema-breaking), no 5xx, every response in its documented shape, and no
+    replica restarted."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]  # fmt: skip
+    schema = schemathesis.openapi.from_url(served.url + "openapi.json")
+    before = settled_pids(("router", "decoder", "model_baseline"))
+    sent = Counter()  # type: ignore[var-annotated]
+    session = requests.Session()
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+        @given(case=schema.as_strategy(generation_mode=mode))
+        @settings(max_examples=600, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        def fuzz(case) -> None:  # type: ignore[no-untyped-def]
+            if case.path in ("/", "/docs", "/redoc", "/openapi.json"):
+                return
+            sent[case.path] += 1
+            case.call_and_validate(session=session, checks=checks, timeout=60)
+
+        fuzz()
+    assert sum(sent.values()) >= 1000, sent
+    assert {"/v1/analyze", "/v1/batch", "/v1/chat/completions", "/v1/checkpoints"} <= set(sent)
+    assert settled_pids(("router", "decoder", "model_baseline")) == before
+
+
+def test_a_body_that_is_not_utf8_is_a_422_not_a_500(served: Served) -> None:
+    """Found by the API fuzzer: invalid UTF-8 in a JSON body crashed the route with a 500."""
+    for path in ("v1/analyze", "v1/batch", "v1/chat/completions"):
+        resp = requests.post(
+            served.url + path,
+            data=b"\xff\xfe\x80",
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert resp.status_code == 422, (path, resp.text)
+        assert "UTF-8" in resp.text

@@ -12,6 +12,7 @@ import yaml
 
 from crashchat.config import ConfigError, ServeConfig, load_config
 from crashchat.local_cluster import head_processes
+from crashchat.serving.builder import build_serve_config, write_serve_config
 from crashchat.serving.catalog import (
     BASELINE,
     Catalog,
@@ -19,14 +20,10 @@ from crashchat.serving.catalog import (
     RouteError,
     build_catalog_from_dir,
 )
-from crashchat.serving.lifecycle import (
-    ServeSetupError,
-    build_serve_config,
-    check_exposure,
-    write_serve_config,
-)
 from crashchat.serving.requests import (
+    ExposureError,
     RequestError,
+    check_exposure,
     check_media_type,
     check_path,
     limited_stream,
@@ -176,11 +173,11 @@ def test_upload_limit_stops_reading_early() -> None:
 
 def test_exposure_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CRASHCHAT_SERVE_TOKEN", raising=False)
-    check_exposure(ServeConfig())  # loopback: fine
-    with pytest.raises(ServeSetupError, match="CRASHCHAT_SERVE_TOKEN"):
-        check_exposure(ServeConfig(host="0.0.0.0"))
+    check_exposure("127.0.0.1", "CRASHCHAT_SERVE_TOKEN")  # loopback: fine
+    with pytest.raises(ExposureError, match="CRASHCHAT_SERVE_TOKEN"):
+        check_exposure("0.0.0.0", "CRASHCHAT_SERVE_TOKEN")
     monkeypatch.setenv("CRASHCHAT_SERVE_TOKEN", "s3cret")
-    check_exposure(ServeConfig(host="0.0.0.0"))
+    check_exposure("0.0.0.0", "CRASHCHAT_SERVE_TOKEN")
 
 
 def test_serve_config_validation_names_the_key(tmp_path: Path) -> None:
@@ -196,7 +193,7 @@ def test_serve_config_validation_names_the_key(tmp_path: Path) -> None:
 def test_generated_serve_config_passes_rays_schema(checkpoints: Path, tmp_path: Path) -> None:
     from ray.serve.schema import ServeDeploySchema
 
-    cfg = load_config(REPO / "jobs/configs/serve-tiny.yaml", ServeConfig)
+    cfg = load_config(REPO / "serve/tiny.yaml", ServeConfig)
     catalog = build_catalog_from_dir(checkpoints)
     out = write_serve_config(
         build_serve_config(catalog, cfg, {"checkpoints": str(checkpoints)}), tmp_path / "s.yaml"
@@ -204,7 +201,7 @@ def test_generated_serve_config_passes_rays_schema(checkpoints: Path, tmp_path: 
     data = yaml.safe_load(out.read_text())
     schema = ServeDeploySchema.model_validate(data)
     app = schema.applications[0]
-    assert app.import_path == "crashchat.serving.app:build_app"
+    assert app.import_path == "crashchat.serving.builder:build_app"
     names = {d["name"] for d in data["applications"][0]["deployments"]}
     assert names == {"router", "decoder"} | {f"model_{n}" for n in catalog.names}
     model = next(
@@ -220,3 +217,75 @@ def test_head_processes_only_match_their_port() -> None:
     # No Ray cluster listens on port 1 here: nothing must match (and our own process never does).
     assert head_processes("127.0.0.1:1") == []
     assert os.getpid() not in head_processes("127.0.0.1:1")
+
+
+@pytest.mark.timeout(60)
+def test_orphaned_haproxy_is_found_and_stopped_but_a_living_one_is_not(tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    import psutil
+
+    from crashchat.serving.lifecycle import orphan_haproxies, reap_orphan_haproxies
+
+    cfg = str(tmp_path / "haproxy.cfg")
+    fake = tmp_path / "haproxy"  # stands in for the binary: same name, same arguments
+    fake.write_text("#!/bin/sh\nsleep 120\n")
+    fake.chmod(0o755)
+    # Started by a process that then exits: re-parented to init, as when Ray's actor is killed.
+    subprocess.run(["sh", "-c", f"{fake} -db -f {cfg} >/dev/null 2>&1 &"], check=True)
+    # A child of this (non-Ray) process would count as orphaned too; one of a Ray-named parent
+    # stays: run it under a shell whose command line names ray.
+    living = subprocess.Popen(["sh", "-c", f"{fake} -db -f {cfg}; : ray"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not orphan_haproxies(cfg):
+            time.sleep(0.1)
+        orphans = orphan_haproxies(cfg)
+        assert len(orphans) == 1
+        assert psutil.Process(orphans[0]).ppid() != living.pid
+        assert orphan_haproxies(str(tmp_path / "other.cfg")) == []  # another config: not ours
+        assert reap_orphan_haproxies(cfg) == orphans
+        assert not psutil.pid_exists(orphans[0]) or psutil.Process(orphans[0]).status() == "zombie"
+        assert orphan_haproxies(cfg) == []
+        assert living.poll() is None and any(
+            "haproxy" in " ".join(c.cmdline()) for c in psutil.Process(living.pid).children()
+        )
+    finally:
+        for child in psutil.Process(living.pid).children(recursive=True):
+            child.kill()
+        living.kill()
+        living.wait()
+
+
+def test_a_stale_endpoint_record_is_cleared_and_blocks_nothing(tmp_path: Path) -> None:
+    import json
+
+    from crashchat.local_cluster import free_port
+    from crashchat.serving.lifecycle import ServeSetupError, ServeState, live_endpoint, serve_down
+
+    record = tmp_path / "serve-state.json"
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens: the recorded head is gone
+    state = ServeState(
+        address=dead, url="http://127.0.0.1:1/", app_name="crashchat", started_ray=True, pid=1
+    )
+    record.write_text(json.dumps(state.__dict__))
+    assert live_endpoint(record) is None  # a stale record does not block a new --detach
+    # A stale record is cleared by `serve down` without trying to reach the dead head.
+    assert serve_down(state_file=record).address == dead
+    assert not record.exists()
+    with pytest.raises(ServeSetupError, match="no detached endpoint"):
+        serve_down(state_file=record)
+
+
+def test_a_dashboard_url_in_ray_address_is_not_a_cluster_to_join(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from crashchat.ray_utils import JOB_CONFIG_ENV, resolve_address
+
+    monkeypatch.delenv(JOB_CONFIG_ENV, raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # what `ray job submit` reads
+    assert resolve_address(None) == "local"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert resolve_address(None) == "auto"
+    assert resolve_address("local") == "local"

@@ -109,6 +109,13 @@ def test_pipeline_job_succeeds_and_mlflow_holds_its_runs(
     assert any(k.startswith("crash_recognition.") for k in trained.data.metrics)  # evaluated
     version = client.get_model_version_by_alias("crashchat-pipeline", "crash_recognition")
     assert version.run_id == trained.info.run_id
+    # Every run fills the MLflow UI's Dataset and Source columns (the same search API it uses).
+    for run in runs:
+        assert run.inputs.dataset_inputs, run.info.run_name
+        assert run.data.tags["mlflow.source.name"] == "jobs/pipeline.py", run.data.tags
+        assert run.data.tags["mlflow.source.type"] == "JOB" and run.data.tags["ray.job_id"]
+        assert run.data.tags.get("mlflow.source.git.commit"), run.info.run_name
+    assert version.tags["dataset_digest"] and version.tags["git_commit"]
     # The last stage left the checkpoint and the baseline serving on the cluster.
     url = f"http://127.0.0.1:{port}/"
     served = requests.get(url + "v1/checkpoints", timeout=60).json()
@@ -134,7 +141,7 @@ def test_pipeline_job_succeeds_and_mlflow_holds_its_runs(
         "--best",
         str(out / "comparison" / "best_checkpoints.json"),
         "--config",
-        str(REPO / "jobs/configs/serve-tiny.yaml"),
+        str(REPO / "serve/tiny.yaml"),
         "--set",
         f"port={port}",
         job="serve",

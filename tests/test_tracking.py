@@ -9,6 +9,13 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from crashchat.tracking import PENDING_FILE, Tracker, resolve_tracking_uri, sync_pending
+from crashchat.tracking.lineage import (
+    command_name,
+    dataset_digest,
+    dataset_input,
+    ray_job_id,
+    source_tags,
+)
 from crashchat.tracking.tracker import flatten_params
 
 
@@ -25,11 +32,13 @@ def test_dead_server_keeps_everything_and_sync_sends_it(tmp_path: Path) -> None:
     tracker.log("r1", params={"lora": {"r": 8}, "lr": 0.001})
     for step in range(1, 4):
         tracker.log("r1", {"train_loss": 1.0 / step}, step=step)
+    manifest = {"counts": {"clips": 3, "samples": 9}, "created": "now", "config": {"fps": 2}}
+    tracker.log_input("r1", dataset_input(tmp_path / "pre", manifest, "training", split="train"))
     started = time.perf_counter()
     assert tracker.flush(force=True) is False
     assert time.perf_counter() - started < 30  # fails fast instead of retrying for minutes
-    assert tracker.last_error and len(tracker.ops) == 5 and tracker.run_id("r1") is None
-    assert tracker.flush() is False and len(tracker.ops) == 5  # within the retry interval
+    assert tracker.last_error and len(tracker.ops) == 6 and tracker.run_id("r1") is None
+    assert tracker.flush() is False and len(tracker.ops) == 6  # within the retry interval
     tracker.end_run("r1")
     pending = tracker.save_pending(tmp_path / PENDING_FILE)
     assert pending is not None and pending.is_file()
@@ -43,6 +52,38 @@ def test_dead_server_keeps_everything_and_sync_sends_it(tmp_path: Path) -> None:
     assert run.info.status == "FINISHED"
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]
+    # The dataset input waited in the journal like the metrics did.
+    (given,) = run.inputs.dataset_inputs
+    assert given.dataset.name == "pre:train"
+    assert given.dataset.digest == dataset_digest(manifest, "train") != dataset_digest(manifest)
+    assert {(t.key, t.value) for t in given.tags} == {
+        ("mlflow.data.context", "training"), ("split", "train")}  # fmt: skip
+
+
+def test_lineage_values() -> None:
+    import json as _json
+
+    base = {"counts": {"clips": 3}, "config": {"fps": 2}, "model": "m"}
+    # Rebuilding the same data elsewhere, later, gives the same digest; other data does not.
+    assert dataset_digest({**base, "created": "a", "placement": "x"}) == dataset_digest(
+        {**base, "created": "b", "video_root": "/other"}
+    )
+    assert dataset_digest(base) != dataset_digest({**base, "config": {"fps": 10}})
+    assert command_name(["/venv/bin/crashchat", "train", "--config", "x"]) == "crashchat train"
+    assert command_name(["jobs/finetune.py", "--config", "x"]) == "jobs/finetune.py"
+    env = {
+        "RAY_JOB_CONFIG_JSON_ENV_VAR": _json.dumps(
+            {"metadata": {"job_submission_id": "raysubmit_1"}}
+        )
+    }
+    import os
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, env):
+        assert ray_job_id() == "raysubmit_1"
+        tags = source_tags("jobs/pipeline.py")
+    assert tags["mlflow.source.type"] == "JOB" and tags["ray.job_id"] == "raysubmit_1"
+    assert tags["mlflow.source.name"] == "jobs/pipeline.py" and tags["crashchat.version"]
 
 
 def test_replayed_operations_do_not_duplicate_metrics(tmp_path: Path) -> None:

@@ -91,6 +91,8 @@ def trained(train_data: Path, tiny_model_dir: Path, tmp_path_factory):  # type: 
     tmp = tmp_path_factory.mktemp("trained")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     cfg = _cfg(tmp, uri, max_steps=6, eval_every=3, save_every=3)
+    cfg.tracking.system_metrics_interval_s = 1.0
+    cfg.schedule.num_checkpoints_to_keep = 1  # the best step's weights must survive anyway
     results, note = run_training(
         cfg, train_data, str(tiny_model_dir), tmp / "out", [get_mixture(MIXTURE)]
     )
@@ -129,6 +131,35 @@ def test_train_one_mixture_end_to_end(trained, tiny_model_dir: Path) -> None:  #
     version = client.get_model_version_by_alias("crashchat-tiny", MIXTURE)
     assert version.run_id == res.run_id
     assert "checkpoint" in {a.path for a in client.list_artifacts(res.run_id)}
+    # Ray Train kept only the newest checkpoint; the platform checkpoint is still the best step's.
+    assert len(list((out / "_ray").rglob("checkpoint_*/state.json"))) == 1
+
+
+def test_training_runs_record_their_data_code_and_machine(trained, train_data: Path) -> None:  # type: ignore[no-untyped-def]
+    from crashchat.tracking.lineage import dataset_digest
+    from crashchat.video.samples import load_manifest
+
+    results, _, uri, _ = trained
+    (res,) = results
+    client = MlflowClient(uri, registry_uri=uri)
+    run = client.get_run(res.run_id)
+    inputs = {
+        next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+        for d in run.inputs.dataset_inputs
+    }
+    manifest = load_manifest(train_data)
+    assert {"training", "validation"} <= set(inputs)
+    assert inputs["training"].digest == dataset_digest(manifest, "train")
+    assert inputs["validation"].digest == dataset_digest(manifest, "val")
+    assert inputs["training"].name == f"{train_data.name}:train"
+    assert json.loads(inputs["training"].source)["uri"] == train_data.resolve().as_uri()
+    tags = run.data.tags
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
+    assert tags["crashchat.version"] and len(tags["mlflow.source.git.commit"]) == 40
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), run.data.metrics
+    version = client.get_model_version_by_alias("crashchat-tiny", MIXTURE)
+    assert version.tags["dataset_digest"] == dataset_digest(manifest)
+    assert version.tags["git_commit"].startswith(tags["mlflow.source.git.commit"])
 
 
 @pytest.mark.timeout(600)
@@ -166,6 +197,26 @@ def test_evaluate_checkpoint_registry_alias_and_baseline(  # type: ignore[no-unt
     run = client.get_run(base.run_id)
     assert base.run_id != res.run_id and run.data.tags["strategy"] == "baseline"
     assert "crash_recognition.Accuracy" in run.data.metrics
+    # Each evaluation records what it read (Dataset column) and what ran it (Source column).
+    (evaluated,) = run.inputs.dataset_inputs
+    assert {(t.key, t.value) for t in evaluated.tags} >= {("mlflow.data.context", "evaluation")}
+    assert run.data.tags["mlflow.source.name"] and run.data.tags["parse"] == "upstream"
+    contexts = {
+        t.value
+        for d in client.get_run(res.run_id).inputs.dataset_inputs
+        for t in d.tags
+        if t.key == "mlflow.data.context"
+    }
+    assert contexts == {"training", "validation", "evaluation"}
+    # A second evaluation from the same annotations reuses the preprocessed inputs as they are.
+    shared = tmp_path / "base" / "inputs"
+    stamp = (shared / "manifest.json").stat().st_mtime_ns
+    again = run_evaluation(
+        str(tiny_model_dir), tmp_path / "again", cfg.model_copy(update={"inputs": str(shared)}),
+        annotations=[synth_dir], video_root=synth_dir,
+    )  # fmt: skip
+    assert (shared / "manifest.json").stat().st_mtime_ns == stamp
+    assert again.metrics["crash_recognition"]["N"] == base.metrics["crash_recognition"]["N"]
 
 
 def _registered_checkpoints(storage: Path) -> int:
@@ -288,15 +339,17 @@ def test_cluster_too_small_fails_fast_naming_the_shortfall(local_ray) -> None:  
 
 @pytest.mark.timeout(300)
 def test_train_cli_rejects_bad_config_and_unknown_mixture(tmp_path: Path) -> None:
-    cli = [sys.executable, "-m", "crashchat.cli", "train", "--data", str(tmp_path),
-           "--model", "m", "--output", str(tmp_path / "o")]  # fmt: skip
-    bad = subprocess.run([*cli, "--set", "schedule.global_batch_size=3"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    from typer.testing import CliRunner
+
+    from crashchat.cli import app
+
+    args = ["train", "--data", str(tmp_path), "--model", "m", "--output", str(tmp_path / "o")]
+    # One real process (exit status and stderr as a shell sees them), the rest in-process.
+    bad = subprocess.run([sys.executable, "-m", "crashchat.cli", *args, "--set",
+                          "schedule.global_batch_size=3"], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "global_batch_size" in bad.stderr
-    unknown = subprocess.run(
-        [*cli, "--mixture", "nope"], capture_output=True, text=True, timeout=120
-    )
-    assert unknown.returncode == 2 and "unknown mixture 'nope'" in unknown.stderr
-    nodata = subprocess.run([*cli, "--mixture", "crash_recognition"], capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
-    assert nodata.returncode == 2 and "no manifest.json" in nodata.stderr
+    unknown = CliRunner().invoke(app, [*args, "--mixture", "nope"])
+    assert unknown.exit_code == 2 and "unknown mixture 'nope'" in unknown.stderr
+    nodata = CliRunner().invoke(app, [*args, "--mixture", "crash_recognition"])
+    assert nodata.exit_code == 2 and "no manifest.json" in nodata.stderr

@@ -137,19 +137,30 @@ class PreprocessConfig(StrictModel):
         default_factory=PlacementConfig, description="Node placement."
     )
     decode_retries: int = Field(
-        2, ge=0, description="Retries of a decode task whose process died (decoder crash)."
+        2, ge=0, description="Retries of a clip whose processor process died (decoder crash)."
     )
     decode_timeout_s: float = Field(
         300.0,
         gt=0,
-        description="When no decode of a worker finishes for this long, its oldest decode is cancelled and that clip failed (a hung decoder).",
+        description="A clip still being decoded and processed after this long fails and its processor is restarted (a hung decoder). The clock starts when the clip reaches a ready processor.",
     )
-    decode_num_cpus: float = Field(1.0, gt=0, description="CPUs per decode task.")
+    decode_num_cpus: float = Field(
+        0.75,
+        gt=0,
+        description="CPUs per clip processor (decode, processor, write). With the workers' 0.25 each, as many processors as cores run at once.",
+    )
     worker_num_cpus: float = Field(
-        0.25, gt=0, description="CPUs per preprocessing worker (it mostly waits on decode tasks)."
+        0.25,
+        gt=0,
+        description="CPUs per preprocessing worker (it probes, hashes and tokenizes; mostly it waits on clip tasks).",
     )
     workers: int = Field(
-        2, ge=1, description="Preprocessing workers (actors holding the processor)."
+        2, ge=1, description="Preprocessing workers (actors that probe, hash and tokenize)."
+    )
+    decoders_per_worker: int = Field(
+        1,
+        ge=1,
+        description="Clip processors per worker: actors that decode, run the processor and store clips, one clip at a time (a crash kills and restarts only that actor).",
     )
     clips_per_batch: int = Field(
         4,
@@ -157,6 +168,10 @@ class PreprocessConfig(StrictModel):
         description="Clips a worker takes at once; their decode tasks run concurrently while it processes finished ones.",
     )
     rows_per_shard: int = Field(256, ge=1, description="Rows per Parquet shard.")
+    splits: list[str] | None = Field(
+        None,
+        description="Keep only records of these splits (e.g. [test] to preprocess evaluation clips at the evaluation budget); None keeps all.",
+    )
     strict: bool = Field(False, description="Exit non-zero when any clip or record failed.")
     fault_injection: str | None = Field(
         None,
@@ -237,7 +252,9 @@ class ScheduleConfig(StrictModel):
         0.001, ge=0, description="Minimum eval-loss decrease that counts as an improvement."
     )
     num_checkpoints_to_keep: int | None = Field(
-        None, ge=1, description="Resumable checkpoints kept by Ray Train (None: all)."
+        5,
+        ge=1,
+        description="Newest resumable checkpoints kept by Ray Train (upstream: 5; None: all). Each also carries the best step's weights, so the best by eval loss is always kept.",
     )
 
 
@@ -296,6 +313,74 @@ class TrackingConfig(StrictModel):
     retry_interval_s: float = Field(
         10.0, ge=0, description="Wait between attempts to reach a tracking server that failed."
     )
+    system_metrics_interval_s: float | None = Field(
+        15.0,
+        gt=0,
+        description="Seconds between MLflow system-metrics samples of training (CPU, memory, GPU with pynvml); None: off.",
+    )
+
+
+class PlanSettings(StrictModel):
+    """What ``crashchat plan`` assumes about a run when no preprocessed data is given.
+
+    Defaults describe CrashChat on VideoLLaMA3-7B: upstream's sampling (10 fps, 96 frames), its
+    training visual budget (``mm_max_length`` 10,240) and evaluation budget (16,384), HD clips,
+    and the dataset's size (18,385 clips, 96,184 question-answer pairs).
+    """
+
+    model: str | None = Field(
+        None,
+        description="Model folder or config.json (native or upstream format) to plan for when --model is not given; a relative path is resolved against the config file's folder.",
+    )
+    gpu_memory_gb: float = Field(80.0, gt=0, description="Memory of one GPU, GB (1e9 bytes).")
+    reserved_gb: float = Field(
+        3.0,
+        ge=0,
+        description="Per-GPU memory no tensor may use: CUDA context, NCCL buffers, allocator fragmentation.",
+    )
+    fps: float = Field(10.0, gt=0, description="Frames sampled per second (upstream: 10).")
+    max_frames: int = Field(96, ge=1, description="Frame cap per clip (upstream: 96).")
+    max_visual_tokens: int = Field(
+        10240,
+        ge=1,
+        description="Visual budget of the training data, tokens per clip (upstream mm_max_length: 10,240).",
+    )
+    clip_width: int = Field(1280, ge=1, description="Assumed source width, pixels.")
+    clip_height: int = Field(720, ge=1, description="Assumed source height, pixels.")
+    clip_seconds: float = Field(
+        10.0, gt=0, description="Assumed clip length, seconds (96 frames need 9.6 s at 10 fps)."
+    )
+    text_tokens: int = Field(
+        200,
+        ge=0,
+        description="Prompt and answer tokens of a sample besides the frames (CrashChat prompts are about 60-120 tokens, prevention answers up to about 100).",
+    )
+    timestamp_tokens_per_frame: int = Field(
+        8,
+        ge=0,
+        description="Tokens of each frame's 'Time 12.3s:' prefix and separator when no tokenizer is at hand to count them.",
+    )
+    answer_tokens: int = Field(
+        128, ge=1, description="Supervised tokens per sample (the logits training computes)."
+    )
+    clips: int = Field(18385, ge=1, description="Clips in the dataset (CrashChat: 18,385).")
+    records_per_clip: float = Field(
+        96184 / 18385,
+        gt=0,
+        description="Question-answer records per clip (CrashChat: 96,184 / 18,385).",
+    )
+    serve_max_visual_tokens: int = Field(
+        16384,
+        ge=1,
+        description="Visual budget at evaluation and serving (upstream max_visual_tokens: 16,384).",
+    )
+    serve_max_batch_size: int = Field(8, ge=1, description="Requests per serving batch.")
+    serve_max_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Padded tokens per serving batch (None: batch size x the longest request).",
+    )
+    serve_max_new_tokens: int = Field(160, ge=1, description="Answer budget when serving.")
 
 
 class TrainConfig(StrictModel):
@@ -314,6 +399,14 @@ class TrainConfig(StrictModel):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward (upstream: on)."
     )
+    loss_reduction: Literal["tokens", "samples"] = Field(
+        "tokens",
+        description="tokens: the step's loss is the mean over every supervised token of the global batch (upstream: HF Trainer with num_items_in_batch), so long answers weigh more than 'Yes'. samples: the mean of each sample's token mean.",
+    )
+    supervised_logits_only: bool = Field(
+        True,
+        description="Project lm_head only at supervised positions (same loss; for the 7B about 20 GB less per 10k-token sample than the native forward, which projects every position).",
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapters.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Schedule.")
@@ -330,6 +423,10 @@ class TrainConfig(StrictModel):
     storage_path: str | None = Field(
         None,
         description="Ray Train storage (shared by all nodes on a cluster). Default: OUTPUT/_ray.",
+    )
+    plan: PlanSettings = Field(
+        default_factory=PlanSettings,
+        description="Assumptions of `crashchat plan` (model, GPU memory, clips, dataset size).",
     )
 
     @model_validator(mode="after")
@@ -358,6 +455,10 @@ class EvalConfig(StrictModel):
         default_factory=PreprocessConfig,
         description="Decoding and sampling of the evaluated clips (use the training settings).",
     )
+    inputs: str | None = Field(
+        None,
+        description="With --annotations: the preprocessed dataset to create or reuse (default OUT/inputs). It is reused as is when its annotations and settings match, and its clips are never decoded twice; point several evaluations at one folder to share it.",
+    )
     workers: int = Field(1, ge=1, description="Model actors answering in parallel.")
     worker_num_cpus: float = Field(1.0, gt=0, description="CPUs per model actor.")
     worker_num_gpus: float = Field(0.0, ge=0, description="GPUs per model actor.")
@@ -369,6 +470,10 @@ class EvalConfig(StrictModel):
     bertscore_model: str | None = Field(
         None,
         description="Local folder of a BERTScore model (e.g. roberta-large); without it BERTScore is reported as unavailable.",
+    )
+    parse: Literal["upstream", "robust"] = Field(
+        "upstream",
+        description="upstream: answers become predictions exactly as upstream CrashChat's evaluation code makes them, quirks included (comparable with the paper). robust: friendlier parsing (a trailing full stop, reversed intervals); its figures are not comparable with the paper's.",
     )
     tracking: TrackingConfig = Field(
         default_factory=TrackingConfig, description="Where evaluation metrics are logged."
@@ -424,6 +529,11 @@ class ReplicaSettings(StrictModel):
         default_factory=AutoscalingSettings, description="Autoscaling of this deployment."
     )
     max_batch_size: int = Field(8, ge=1, description="Dynamic batching: requests per forward.")
+    max_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Dynamic batching: most padded tokens per batch (batch size x longest prompt plus answer budget, visual tokens included); None bounds batches by count only. Bounds a GPU replica's memory when clips are long.",
+    )
     batch_wait_timeout_s: float = Field(
         0.01, ge=0, description="Dynamic batching: longest wait for a batch to fill."
     )
@@ -450,6 +560,30 @@ class ServeLimits(StrictModel):
     max_batch_items: int = Field(10_000, ge=1, description="Items accepted in one /v1/batch.")
     batch_concurrency: int = Field(8, ge=1, description="Items of one batch in flight at once.")
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503.")
+    replica_retries: int = Field(
+        2,
+        ge=0,
+        description="Times the router resends a call whose replica died under it (a decode or "
+        "an answer is idempotent: the same clip and task give the same result). Serve replaces "
+        "the replica meanwhile; past these the item fails with 503 and the client may resend.",
+    )
+    replica_retry_backoff_s: float = Field(
+        0.5, ge=0, description="Wait before each resend, doubled each time."
+    )
+
+
+class OpenAISettings(StrictModel):
+    """``POST /v1/chat/completions`` (the OpenAI chat API with a video part)."""
+
+    free_form_checkpoint: str | None = Field(
+        None,
+        description="Checkpoint answering free-form questions (text that is no task prompt) for model 'auto'. Default: the all-task (heterogeneous) checkpoint, else the baseline.",
+    )
+    min_fps: float = Field(0.1, gt=0, description="Lowest mm_processor_kwargs.fps accepted.")
+    max_fps: float = Field(30.0, gt=0, description="Highest mm_processor_kwargs.fps accepted.")
+    max_tokens_limit: int = Field(
+        1024, ge=1, description="Largest max_tokens / max_completion_tokens accepted."
+    )
 
 
 class ServeConfig(StrictModel):
@@ -501,6 +635,13 @@ class ServeConfig(StrictModel):
         "trained on: the baseline answers them with these prompts.",
     )
     limits: ServeLimits = Field(default_factory=ServeLimits, description="Request limits.")
+    openai: OpenAISettings = Field(
+        default_factory=OpenAISettings, description="The OpenAI-compatible chat endpoint."
+    )
+    parse: Literal["upstream", "robust"] = Field(
+        "robust",
+        description="How answers become the report's values (a crash, an interval, a cue time): robust reads 'at 4.5.' as 4.5 and orders a reversed interval; upstream parses as the paper's evaluation does (evaluations use upstream).",
+    )
     max_new_tokens: int = Field(24, ge=1, description="Answer budget for short-answer tasks.")
     max_new_tokens_text: int = Field(160, ge=1, description="Answer budget for text tasks.")
     dtype: str = Field("auto", pattern=r"^(auto|bf16|fp16|fp32)$", description="Model dtype.")
@@ -513,6 +654,14 @@ class ServeConfig(StrictModel):
         "Safe because every blocking step (decode, generate) already runs off the loop.",
     )
 
+    shutdown_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="How long a foreground `serve up` waits for Serve's graceful shutdown after "
+        "SIGTERM/Ctrl-C before it kills the Ray processes it started. A SIGTERM to the whole "
+        "process group (systemd's KillMode=control-group) kills Ray with it, and Serve would "
+        "otherwise wait out its own timeouts for a controller that is gone.",
+    )
     ingress: Literal["proxy", "haproxy"] = Field(
         "proxy",
         description="What receives HTTP before the router. 'proxy': Ray Serve's Python proxy "

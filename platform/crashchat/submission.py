@@ -1,21 +1,28 @@
-"""Submit the platform's Ray job entrypoints (``jobs/*.py``) through Ray's Jobs API.
+"""Submit the platform's jobs through Ray's Jobs API.
 
-The runtime environment ships the project: the repository as ``working_dir`` (without virtual
+Each job is one CLI command (``crashchat.cli``): from a source checkout the entrypoint is the
+job script (``python jobs/finetune.py ARGS``, which runs ``crashchat train``), otherwise, with the
+platform installed from a wheel, the same command as a module (``python -m crashchat.cli train
+ARGS``); both take the same options. The checkout is found by :func:`project_root`.
+
+The runtime environment ships the project: the checkout as ``working_dir`` (without virtual
 environments, runs, caches and VCS data) and the ``crashchat`` package as a ``py_module`` so
-every worker imports the same code. On an image that already has the platform installed,
-``ship=False`` sends nothing.
+every worker imports the same code (without a checkout, only the installed package). On an image
+that already has the platform installed, ``ship=False`` sends nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# Job name -> its script in a checkout, and the CLI command that script runs.
 JOBS = {
     "preprocess": "jobs/preprocess.py",
     "train": "jobs/finetune.py",
@@ -23,6 +30,14 @@ JOBS = {
     "serve": "jobs/serve.py",
     "pipeline": "jobs/pipeline.py",
 }
+COMMANDS = {
+    "preprocess": "preprocess",
+    "train": "train",
+    "evaluate": "evaluate",
+    "serve": "serve deploy",
+    "pipeline": "pipeline",
+}
+PROJECT_ENV = "CRASHCHAT_PROJECT"  # the checkout to submit from, when not found by itself
 EXCLUDES = [
     ".venv/",
     "runs/",
@@ -47,41 +62,88 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 class SubmissionError(RuntimeError):
-    """The Jobs API refused or could not be reached; the message says which address."""
+    """The Jobs API refused or could not be reached, or no checkout is where one was named;
+    the message says which address or folder."""
 
 
-def project_root() -> Path:
-    """The repository holding ``jobs/`` (the package lives in ``platform/crashchat``)."""
-    here = Path(__file__).resolve()
-    return here.parents[2]
+def is_project_root(path: Path) -> bool:
+    """True for a platform checkout: ``pyproject.toml``, the package and every job script."""
+    needed = ["pyproject.toml", *JOBS.values(), "platform/crashchat/__init__.py"]
+    return all((path / name).is_file() for name in needed)
+
+
+def project_root(project: str | Path | None = None) -> Path | None:
+    """The platform checkout to submit from, or None when there is none (a wheel install).
+
+    Looked for in order: ``project`` (``crashchat submit --project``), ``$CRASHCHAT_PROJECT``,
+    the current directory and its parents, then the checkout the package was imported from (an
+    editable install).
+
+    Raises:
+        SubmissionError: when ``project`` or ``$CRASHCHAT_PROJECT`` names a folder that is not
+            a checkout.
+    """
+    named = project or os.environ.get(PROJECT_ENV)
+    if named:
+        root = Path(named).expanduser().resolve()
+        if not is_project_root(root):
+            raise SubmissionError(
+                f"{root}: not a platform checkout (it needs pyproject.toml, "
+                f"platform/crashchat/ and {', '.join(JOBS.values())})"
+            )
+        return root
+    here = Path.cwd().resolve()
+    package_checkout = Path(__file__).resolve().parents[2]
+    for candidate in (here, *here.parents, package_checkout):
+        if is_project_root(candidate):
+            return candidate
+    return None
 
 
 def build_runtime_env(
-    root: Path, ship: bool = True, env: dict[str, str] | None = None
+    root: Path | None, ship: bool = True, env: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """The job's runtime environment: the project shipped, or only environment variables."""
+    """The job's runtime environment: the project shipped, or only environment variables.
+
+    ``root`` is the checkout (:func:`project_root`); None ships the installed package alone.
+    """
+    from crashchat.tracking.lineage import COMMIT_ENV, git_commit
+
     env_vars = {**JOB_ENV, **(env or {})}
     if os.environ.get("MLFLOW_TRACKING_URI") and "MLFLOW_TRACKING_URI" not in env_vars:
         env_vars["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    commit = git_commit(root) if root is not None else None
+    if commit and ship:
+        # The shipped copy has no .git: the job's MLflow runs learn the commit from here.
+        env_vars.setdefault(COMMIT_ENV, commit)
     out: dict[str, Any] = {"env_vars": env_vars}
-    if ship:
+    if ship and root is not None:
         out["working_dir"] = str(root)
         out["excludes"] = list(EXCLUDES)
         out["py_modules"] = [str(root / "platform" / "crashchat")]
+    elif ship:
+        out["py_modules"] = [str(Path(__file__).resolve().parent)]
+        out["excludes"] = list(EXCLUDES)
     return out
 
 
-def entrypoint(job: str, args: list[str]) -> str:
-    """``python jobs/<job>.py ARGS`` with each argument shell-quoted.
+def entrypoint(job: str, args: list[str], script: bool = True) -> str:
+    """The job's command line, each argument shell-quoted.
+
+    ``python jobs/<job>.py ARGS`` with ``script`` (a checkout is shipped or on the image), else
+    ``python -m crashchat.cli <command> ARGS``: the same command with the same options.
 
     Raises:
         KeyError: for an unknown job, naming the known ones.
     """
-    import shlex
-
     if job not in JOBS:
         raise KeyError(f"unknown job {job!r}; jobs: {', '.join(JOBS)}")
-    return " ".join(["python", JOBS[job], *(shlex.quote(a) for a in args)])
+    program = (
+        ["python", JOBS[job]]
+        if script
+        else ["python", "-m", "crashchat.cli", *COMMANDS[job].split()]
+    )
+    return " ".join([*program, *(shlex.quote(a) for a in args)])
 
 
 def submit_job(
@@ -92,22 +154,39 @@ def submit_job(
     env: dict[str, str] | None = None,
     submission_id: str | None = None,
     agent_wait_s: float = 60.0,
+    project: str | Path | None = None,
 ) -> tuple[Any, str]:
     """Submit ``job`` to the Jobs API at ``address``; returns the client and the job id.
 
+    Args:
+        address: The Jobs API, e.g. ``http://HEAD:8265``.
+        job: A key of :data:`JOBS`.
+        args: The command's options, passed through.
+        ship: Ship the project (or the installed package); off for images that hold it.
+        env: Extra environment variables for the job.
+        submission_id: The job id to use [default: Ray's].
+        agent_wait_s: How long to wait for a just-started head's job agent.
+        project: The checkout to submit from [default: :func:`project_root`'s search].
+
     Raises:
-        SubmissionError: when the Jobs API cannot be reached or refuses the job.
+        KeyError: for an unknown job.
+        SubmissionError: when the Jobs API cannot be reached or refuses the job, or ``project``
+            is not a checkout.
     """
     from ray.job_submission import JobSubmissionClient
 
-    command = entrypoint(job, args)
+    entrypoint(job, [])  # an unknown job fails before anything is looked up
+    root = project_root(project)
+    # Without shipping, the image's own install runs the command (it may hold no jobs/ folder).
+    command = entrypoint(job, args, script=root is not None and ship)
+    runtime_env = build_runtime_env(root, ship, env)
     deadline = time.monotonic() + agent_wait_s
     while True:
         try:
             client = JobSubmissionClient(address)
             job_id = client.submit_job(
                 entrypoint=command,
-                runtime_env=build_runtime_env(project_root(), ship, env),
+                runtime_env=runtime_env,
                 submission_id=submission_id,
                 metadata={"crashchat_job": job},
             )

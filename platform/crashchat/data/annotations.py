@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -130,10 +130,6 @@ class Sample:
         digest = hashlib.sha1(f"{self.video}\x00{self.task}\x00{self.answer}".encode()).hexdigest()
         return f"{self.task}:{Path(self.video).stem}:{digest[:10]}"
 
-    def to_record(self) -> dict[str, Any]:
-        """The upstream record for this sample."""
-        return make_record(self.video, self.prompt, self.answer, self.source)
-
 
 def make_record(video: str, prompt: str, answer: str, source: str | None) -> dict[str, Any]:
     """Build an upstream-format record (adds the ``<video>`` tag to the prompt)."""
@@ -175,9 +171,6 @@ def read_json_list(path: str | Path) -> list[Any]:
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data
-
-
-Role = Literal["human", "gpt"]
 
 
 @dataclass

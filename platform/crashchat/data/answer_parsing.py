@@ -1,7 +1,25 @@
-"""Parse model answers into task values, following upstream CrashChat's evaluation rules exactly.
+"""Parse model answers into task values: upstream CrashChat's rules by default, or ``robust`` ones.
 
-These are the lenient rules applied to *model output*. Annotation answers are held to the strict
-format by :func:`check_answer_format`, which validation uses.
+``upstream`` reproduces what upstream's official evaluation (``scripts/eval/eval_video_*.sh`` ->
+``evaluation/evaluate.py --benchmark crash_ar|crash_tl|crash_al|crash_ac|crash_acau|crash_am``)
+makes of an answer, quirks included, so that our figures are comparable with the paper's:
+
+- recognition: stripped and lower-cased; exactly ``yes``/``no``; else a substring test (``yes``
+  without ``no`` is yes, ``no`` without ``yes`` is no, so ``normal`` and ``I don't know`` count as
+  no); else dropped.
+- crash localization: the first ``a - b`` whose numbers ``float()`` reads, else the first two
+  numbers, else ``(0.0, 0.0)``, which stays in the metrics with IoU 0. Numbers are runs of digits
+  and dots, so a trailing full stop spoils a number (``4.0.``). The order is kept; the metric
+  swaps reversed intervals.
+- pre-crash localization: the first number, else dropped (the ``crash_al`` benchmark that the
+  official script runs, not ``crash_pl``, which would give 0.0).
+- text tasks: the stripped response; empty answers are skipped by the metrics.
+
+``robust`` is friendlier: numbers are ``12`` or ``12.5`` (a trailing full stop is punctuation),
+reversed intervals are swapped. Its figures are not comparable with the paper's.
+
+These rules apply to *model output*. Annotation answers are held to the strict format by
+:func:`check_answer_format`, which validation uses.
 """
 
 from __future__ import annotations
@@ -12,6 +30,12 @@ from typing import Any
 
 from crashchat.data.tasks import AnswerKind, get_task
 
+PARSERS = ("upstream", "robust")
+
+# Upstream's number: any run of digits and dots ("4.5." and "1.2.3" included, float() decides).
+_LOOSE_NUMBER_RE = re.compile(r"[\d\.]+")
+_LOOSE_RANGE_RE = re.compile(r"([\d\.]+)\s*-\s*([\d\.]+)")
+
 _NUMBER = r"\d+(?:\.\d+)?"
 _NUMBER_RE = re.compile(_NUMBER)
 _RANGE_RE = re.compile(rf"({_NUMBER})\s*-\s*({_NUMBER})")
@@ -21,6 +45,8 @@ _STRICT_INTERVAL_RE = re.compile(
 )
 _STRICT_TIMESTAMP_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*seconds?\s*\.?\s*$")
 
+Interval = tuple[float, float]
+
 
 @dataclass(frozen=True)
 class ParsedAnswer:
@@ -29,28 +55,57 @@ class ParsedAnswer:
     Attributes:
         task: Task key.
         value: ``bool`` (recognition), ``(start, end)`` (crash localization), ``float``
-            (pre-crash), ``str`` (text tasks), or ``None`` when upstream drops the answer.
+            (pre-crash), ``str`` (text tasks), or ``None`` when the answer is dropped.
         parsed: False when the answer did not follow any rule. For crash localization the value is
             then ``(0.0, 0.0)`` and the sample stays in the metrics with IoU 0, as upstream does.
         raw: The raw model response.
+        parser: ``upstream`` or ``robust``.
     """
 
     task: str
     value: Any
     parsed: bool
     raw: str
+    parser: str = "upstream"
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form (intervals as ``[start, end]``)."""
         value = list(self.value) if isinstance(self.value, tuple) else self.value
-        return {"task": self.task, "value": value, "parsed": self.parsed, "raw": self.raw}
+        return {
+            "task": self.task,
+            "value": value,
+            "parsed": self.parsed,
+            "raw": self.raw,
+            "parser": self.parser,
+        }
 
 
-def parse_recognition(text: str) -> bool | None:
-    """Upstream recognition rule: exact yes/no, else substring test, else ``None`` (dropped).
+def check_parser(parser: str) -> str:
+    """Return ``parser`` when it is ``upstream`` or ``robust``.
 
-    The substring test means ``"normal"`` counts as *no*, exactly as upstream.
+    Raises:
+        ValueError: for any other name.
     """
+    if parser not in PARSERS:
+        raise ValueError(f"unknown answer parser {parser!r}: choose upstream or robust")
+    return parser
+
+
+def _to_float(token: str) -> float | None:
+    """``float(token)``, or None where upstream's ``float()`` raised and it fell back."""
+    try:
+        return float(token)
+    except ValueError:
+        return None
+
+
+def parse_recognition(text: str, parser: str = "upstream") -> bool | None:
+    """Yes/no of a recognition answer; ``None`` means dropped (the same rule for both parsers).
+
+    Exact ``yes``/``no`` after strip and lower-case, else the substring test, so ``"normal"`` and
+    ``"I don't know"`` count as *no*, and ``"yesno"`` or ``"Yes, no crash"`` are dropped.
+    """
+    check_parser(parser)
     t = text.strip().lower()
     if t == "yes":
         return True
@@ -64,15 +119,22 @@ def parse_recognition(text: str) -> bool | None:
     return None
 
 
-def parse_interval(text: str) -> tuple[tuple[float, float], bool]:
-    """Upstream crash-localization rule.
+def _upstream_interval(text: str) -> tuple[Interval, bool]:
+    match = _LOOSE_RANGE_RE.search(text)
+    if match:
+        start, end = _to_float(match.group(1)), _to_float(match.group(2))
+        if start is not None and end is not None:
+            return (start, end), True
+    # Upstream retries with the first two numbers anywhere, even when the range matched.
+    tokens = _LOOSE_NUMBER_RE.findall(text)
+    if len(tokens) >= 2:
+        start, end = _to_float(tokens[0]), _to_float(tokens[1])
+        if start is not None and end is not None:
+            return (start, end), True
+    return (0.0, 0.0), False
 
-    First ``number - number``; else the first two numbers; else ``(0.0, 0.0)``. Reversed
-    intervals are swapped.
 
-    Returns:
-        ``((start, end), parsed)`` where ``parsed`` is False for the ``(0.0, 0.0)`` fallback.
-    """
+def _robust_interval(text: str) -> tuple[Interval, bool]:
     match = _RANGE_RE.search(text)
     if match:
         a, b = float(match.group(1)), float(match.group(2))
@@ -84,32 +146,68 @@ def parse_interval(text: str) -> tuple[tuple[float, float], bool]:
     return (min(a, b), max(a, b)), True
 
 
-def parse_timestamp(text: str) -> float | None:
-    """Upstream pre-crash rule: the first number, else ``None`` (dropped)."""
+def parse_interval(text: str, parser: str = "upstream") -> tuple[Interval, bool]:
+    """The crash interval of an answer.
+
+    Args:
+        text: The answer.
+        parser: ``upstream``: the first ``a - b`` that ``float()`` reads, else the first two
+            numbers (``[\\d.]+`` runs), else ``(0.0, 0.0)``; the order is kept. ``robust``: the same
+            with ``12``/``12.5`` numbers, reversed intervals swapped.
+
+    Returns:
+        ``((start, end), parsed)`` where ``parsed`` is False for the ``(0.0, 0.0)`` fallback.
+    """
+    if check_parser(parser) == "upstream":
+        return _upstream_interval(text)
+    return _robust_interval(text)
+
+
+def parse_timestamp(text: str, parser: str = "upstream") -> float | None:
+    """The pre-crash time of an answer, or ``None`` (dropped).
+
+    Args:
+        text: The answer.
+        parser: ``upstream``: the first ``[\\d.]+`` run if ``float()`` reads it (``4.5.`` does
+            not, and the next number is not tried). ``robust``: the first ``12``/``12.5`` number.
+    """
+    if check_parser(parser) == "upstream":
+        match = _LOOSE_NUMBER_RE.search(text)
+        return _to_float(match.group(0)) if match else None
     match = _NUMBER_RE.search(text)
     return float(match.group(0)) if match else None
 
 
-def parse_text(text: str) -> str | None:
-    """Upstream text rule: the stripped response; empty responses are skipped (``None``)."""
-    stripped = text.strip()
-    return stripped or None
+def parse_text(text: str, parser: str = "upstream") -> str:
+    """The stripped response (both parsers); the metrics skip an empty one."""
+    check_parser(parser)
+    return text.strip()
 
 
-def parse_answer(task: str, text: str) -> ParsedAnswer:
-    """Parse ``text`` with the rule of ``task`` (a registry key or upstream file-name spelling)."""
+def _parse_value(kind: AnswerKind, text: str, parser: str) -> tuple[Any, bool]:
+    if kind is AnswerKind.INTERVAL:
+        return parse_interval(text, parser)
+    value: Any
+    if kind is AnswerKind.BINARY:
+        value = parse_recognition(text, parser)
+    elif kind is AnswerKind.TIMESTAMP:
+        value = parse_timestamp(text, parser)
+    else:
+        value = parse_text(text, parser) or None  # an empty answer says nothing: dropped
+    return value, value is not None
+
+
+def parse_answer(task: str, text: str, parser: str = "upstream") -> ParsedAnswer:
+    """Parse ``text`` with the rule of ``task`` (a registry key or upstream file-name spelling).
+
+    Args:
+        task: Task key.
+        text: The model's answer.
+        parser: ``upstream`` (default, as the paper's evaluation) or ``robust``.
+    """
     spec = get_task(task)
-    if spec.kind is AnswerKind.BINARY:
-        value: Any = parse_recognition(text)
-        return ParsedAnswer(spec.key, value, value is not None, text)
-    if spec.kind is AnswerKind.INTERVAL:
-        interval, ok = parse_interval(text)
-        return ParsedAnswer(spec.key, interval, ok, text)
-    if spec.kind is AnswerKind.TIMESTAMP:
-        value = parse_timestamp(text)
-        return ParsedAnswer(spec.key, value, value is not None, text)
-    value = parse_text(text)
-    return ParsedAnswer(spec.key, value, value is not None, text)
+    value, parsed = _parse_value(spec.kind, text, check_parser(parser))
+    return ParsedAnswer(spec.key, value, parsed, text, parser)
 
 
 def check_answer_format(kind: AnswerKind, text: str) -> str | None:
@@ -142,6 +240,14 @@ def check_answer_format(kind: AnswerKind, text: str) -> str | None:
     if not text.strip():
         return "empty answer"
     return None
+
+
+def temporal_iou(pred: tuple[float, float], gt: tuple[float, float]) -> float:
+    """IoU of two intervals, reversed ones swapped first (0 when the union is empty)."""
+    (ps, pe), (gs, ge) = sorted(pred), sorted(gt)
+    inter = max(0.0, min(pe, ge) - max(ps, gs))
+    union = max(0.0, max(pe, ge) - min(ps, gs))
+    return inter / union if union > 0 else 0.0
 
 
 def format_interval(start: float, end: float) -> str:

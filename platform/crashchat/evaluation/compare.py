@@ -4,6 +4,11 @@ Reads the runs of one experiment: training runs carry their evaluation metrics
 (``<task>.<metric>``) and ``mixture``/``strategy`` tags; baseline evaluations are runs tagged
 ``strategy=baseline``. For each task the monotask column is the run trained on that task alone,
 the homogeneous column the group run that contains it, heterogeneous the all-task run.
+
+Each figure carries the answer parser that produced it (``upstream``, as the paper's evaluation,
+or ``robust``), read from the run's ``parse`` tag or param; runs without one are ``upstream``, the
+default. Paper figures are only shown next to ``upstream`` figures (or where we have none):
+``robust`` figures are not comparable with them.
 """
 
 from __future__ import annotations
@@ -72,6 +77,23 @@ def _reference_value(runs: dict[str, Any], key: str) -> float | None:
     return values[0] if values else None
 
 
+def run_parser(run: Any) -> str:
+    """The answer parser of a run's evaluation: its ``parse`` tag or param, else ``upstream``."""
+    for source in (run.data.tags, run.data.params):
+        value = source.get("parse")
+        if value in ("upstream", "robust"):
+            return str(value)
+    return "upstream"
+
+
+def _parser_summary(row: dict[str, Any]) -> str | None:
+    """One parser for the row, or which strategy used which when they differ."""
+    used = {s: row[f"parser_{s}"] for s in STRATEGY_COLUMNS if row[f"parser_{s}"]}
+    if len(set(used.values())) == 1:
+        return next(iter(used.values()))
+    return ", ".join(f"{SHORT[s]} {p}" for s, p in used.items()) or None
+
+
 def _mlflow_key(task: str, metric: str) -> str:
     return f"{task}.{metric.replace('@', '_at_')}"
 
@@ -115,46 +137,78 @@ def _source_run(runs: dict[str, Any], task: str, strategy: str) -> Any:
     return runs.get(name)
 
 
+def _strategy_cells(runs: dict[str, Any], task: str, metric: str) -> dict[str, Any]:
+    """Each strategy's value and the parser that produced it (None without a value)."""
+    cells: dict[str, Any] = {}
+    for strategy in STRATEGY_COLUMNS:
+        run = _source_run(runs, task, strategy)
+        value = run.data.metrics.get(_mlflow_key(task, metric)) if run else None
+        cells[strategy] = value
+        cells[f"parser_{strategy}"] = run_parser(run) if value is not None else None
+    return cells
+
+
+def _paper_cells(row: dict[str, Any]) -> dict[str, Any]:
+    """Paper figures, left out next to figures of the ``robust`` parser (not comparable)."""
+    paper = PAPER.get((row["task"], row["metric"]), {})
+    return {
+        f"paper_{s}": value if row[f"parser_{s}"] != "robust" else None
+        for s, value in paper.items()
+    }
+
+
+def _build_row(runs: dict[str, Any], task: str, metric: str, reference: bool) -> dict[str, Any]:
+    row: dict[str, Any] = {"task": task, "metric": metric, **_strategy_cells(runs, task, metric)}
+    row["parser"] = _parser_summary(row)
+    ours = {s: row[s] for s in STRATEGY_COLUMNS[:3] if row[s] is not None}
+    row["best"] = max(ours, key=lambda s: ours[s]) if ours else None
+    for a, b in (("homogeneous", "monotask"), ("heterogeneous", "monotask"),
+                 ("heterogeneous", "homogeneous")):  # fmt: skip
+        delta = None
+        if row[a] is not None and row[b] is not None:
+            delta = row[a] - row[b]
+        row[f"{SHORT[a]}-{SHORT[b]}"] = delta
+    ref_key = REFERENCE_POINTS.get((task, metric))
+    row["reference"] = _reference_value(runs, ref_key) if ref_key else None
+    if reference:
+        row.update(_paper_cells(row))
+    return row
+
+
+def _best_checkpoint(runs: dict[str, Any], task: str) -> dict[str, Any] | None:
+    primary = PRIMARY[task]
+    candidates = []
+    for name, run in runs.items():
+        value = run.data.metrics.get(_mlflow_key(task, primary))
+        if name != "baseline" and value is not None:
+            candidates.append((value, name, run))
+    if not candidates:
+        return None
+    value, name, run = max(candidates, key=lambda c: c[0])
+    return {
+        "mixture": name,
+        "strategy": run.data.tags.get("strategy"),
+        "run_id": run.info.run_id,
+        "checkpoint": run.data.tags.get("checkpoint"),
+        "metric": primary,
+        "value": value,
+        "parser": run_parser(run),
+    }
+
+
 def build_comparison(runs: dict[str, Any], reference: bool = False) -> Comparison:
-    """Rows of ``{task, metric, <strategy>: value, deltas, best}`` and the best checkpoints."""
+    """The comparison rows and the best checkpoint per task.
+
+    Rows are ``{task, metric, parser, <strategy>: value, parser_<strategy>, deltas, best,
+    reference}``; with ``reference`` also ``paper_<strategy>``, left empty next to ``robust``
+    figures.
+    """
     comp = Comparison(reference=reference)
     for task in TASK_KEYS:
-        for metric in METRICS[task]:
-            row: dict[str, Any] = {"task": task, "metric": metric}
-            for strategy in STRATEGY_COLUMNS:
-                run = _source_run(runs, task, strategy)
-                value = run.data.metrics.get(_mlflow_key(task, metric)) if run else None
-                row[strategy] = value
-            ours = {s: row[s] for s in STRATEGY_COLUMNS[:3] if row[s] is not None}
-            row["best"] = max(ours, key=lambda s: ours[s]) if ours else None
-            for a, b in (("homogeneous", "monotask"), ("heterogeneous", "monotask"),
-                         ("heterogeneous", "homogeneous")):  # fmt: skip
-                delta = None
-                if row[a] is not None and row[b] is not None:
-                    delta = row[a] - row[b]
-                row[f"{SHORT[a]}-{SHORT[b]}"] = delta
-            ref_key = REFERENCE_POINTS.get((task, metric))
-            row["reference"] = _reference_value(runs, ref_key) if ref_key else None
-            if reference:
-                for strategy, value in PAPER.get((task, metric), {}).items():
-                    row[f"paper_{strategy}"] = value
-            comp.rows.append(row)
-        primary = PRIMARY[task]
-        candidates = []
-        for name, run in runs.items():
-            value = run.data.metrics.get(_mlflow_key(task, primary))
-            if name != "baseline" and value is not None:
-                candidates.append((value, name, run))
-        if candidates:
-            value, name, run = max(candidates, key=lambda c: c[0])
-            comp.best[task] = {
-                "mixture": name,
-                "strategy": run.data.tags.get("strategy"),
-                "run_id": run.info.run_id,
-                "checkpoint": run.data.tags.get("checkpoint"),
-                "metric": primary,
-                "value": value,
-            }
+        comp.rows += [_build_row(runs, task, metric, reference) for metric in METRICS[task]]
+        best = _best_checkpoint(runs, task)
+        if best:
+            comp.best[task] = best
     return comp
 
 
@@ -169,15 +223,17 @@ def to_markdown(comp: Comparison) -> str:
 
     "format-only ref." is what answering the majority class (recognition accuracy) or the mean
     training interval (crash-localization mIoU) scores: a model must beat it to show it looks at
-    the video.
+    the video. "parser" says which answer parser produced the row's figures; the paper columns
+    stay empty next to ``robust`` figures.
     """
     deltas = ["Homo.-Ind.", "Hete.-Ind.", "Hete.-Homo."]
-    head = ["task", "metric", *[SHORT[s] for s in STRATEGY_COLUMNS], "format-only ref.", *deltas]
+    head = ["task", "metric", "parser", *[SHORT[s] for s in STRATEGY_COLUMNS]]
+    head += ["format-only ref.", *deltas]
     if comp.reference:
         head += [f"paper {SHORT[s]}" for s in STRATEGY_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in comp.rows:
-        cells = [row["task"], row["metric"]]
+        cells = [row["task"], row["metric"], row.get("parser") or "-"]
         for s in STRATEGY_COLUMNS:
             text = _fmt(row[s])
             cells.append(f"**{text}**" if row["best"] == s else text)
@@ -186,16 +242,66 @@ def to_markdown(comp: Comparison) -> str:
         if comp.reference:
             cells += [_fmt(row.get(f"paper_{s}")) for s in STRATEGY_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(row.get(f"parser_{s}") == "robust" for row in comp.rows for s in STRATEGY_COLUMNS):
+        lines += ["", "Figures of the robust parser are not comparable with the paper's."]
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(comp: Comparison, out: str | Path) -> list[Path]:
-    """``comparison.md``, ``comparison.csv``, ``comparison.png``, ``best_checkpoints.json``."""
+def plot_panels(comp: Comparison, png: Path) -> None:
+    """One small panel per task (its primary metric): a bar per strategy that has a figure, the
+    format-only reference as a dashed line, the paper's figure as a marker over each bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = {r["task"]: r for r in comp.rows if r["metric"] == PRIMARY.get(r["task"])}
+    rows = {t: r for t, r in rows.items() if any(r[s] is not None for s in STRATEGY_COLUMNS)}
+    if not rows:
+        rows = {r["task"]: r for r in comp.rows[:1]}
+    cols = min(3, max(1, len(rows)))
+    lines = -(-len(rows) // cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(3.6 * cols, 2.9 * lines), squeeze=False)
+    colors = {
+        "monotask": "#4c72b0",
+        "homogeneous": "#55a868",
+        "heterogeneous": "#c44e52",
+        "baseline": "#8c8c8c",
+    }
+    robust_seen = False
+    for ax, (task, row) in zip(axes.flat, rows.items(), strict=False):
+        shown = [s for s in STRATEGY_COLUMNS if row[s] is not None]
+        for x, strategy in enumerate(shown):
+            bar = ax.bar(x, row[strategy], 0.6, color=colors[strategy])[0]
+            if row[f"parser_{strategy}"] == "robust":
+                bar.set_hatch("//")
+                robust_seen = True
+            ax.text(x, row[strategy] + 0.02, f"{row[strategy]:.2f}", ha="center", fontsize=7)
+            paper = row.get(f"paper_{strategy}")
+            if comp.reference and paper is not None:
+                ax.plot(x, paper, marker="D", color="black", markersize=4, linestyle="none")
+        if row.get("reference") is not None:
+            ax.axhline(row["reference"], color="black", linestyle="--", linewidth=0.8)
+        labels = [SHORT[s] if s != "baseline" else "base" for s in shown]
+        ax.set_xticks(range(len(shown)), labels, fontsize=8)
+        ax.set_ylim(0, 1.1)
+        ax.set_title(f"{task.replace('_', ' ')}\n{row['metric']}", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in list(axes.flat)[len(rows) :]:
+        ax.axis("off")
+    notes = ["dashed: answer-format-only reference"]
+    if comp.reference:
+        notes.append("diamond: the paper's figure")
+    if robust_seen:
+        notes.append("hatched: robust parser (not comparable with the paper)")
+    fig.suptitle("CrashChat strategies per task; " + "; ".join(notes), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(comp: Comparison, out: str | Path) -> list[Path]:
+    """``comparison.md``, ``comparison.csv``, ``comparison.png``, ``best_checkpoints.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md, csv_path, png, best = (
@@ -212,19 +318,7 @@ def write_outputs(comp: Comparison, out: str | Path) -> list[Path]:
         writer = csv.DictWriter(fh, fieldnames=fields or ["task", "metric"], restval="")
         writer.writeheader()
         writer.writerows(comp.rows)
-    labels = [f"{r['task']}\n{r['metric']}" for r in comp.rows]
-    fig, ax = plt.subplots(figsize=(max(8, len(labels) * 0.6), 5))
-    width = 0.2
-    for i, strategy in enumerate(STRATEGY_COLUMNS):
-        values = [r[strategy] or 0.0 for r in comp.rows]
-        ax.bar([x + i * width for x in range(len(labels))], values, width, label=SHORT[strategy])
-    ax.set_xticks([x + 1.5 * width for x in range(len(labels))], labels, rotation=90, fontsize=6)
-    ax.set_ylabel("value")
-    ax.set_title("CrashChat strategies per task metric")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    plot_panels(comp, png)
     best.write_text(json.dumps(comp.best, indent=2))
     return [md, csv_path, png, best]
 
@@ -236,13 +330,36 @@ def run_compare(
     import time
 
     from crashchat.tracking import Tracker, resolve_tracking_uri
+    from crashchat.tracking.lineage import source_tags
 
     tracker = Tracker(resolve_tracking_uri(tracking_uri), retry_interval_s=0)
-    comp = build_comparison(collect_runs(tracker.client, experiment), reference)
+    runs = collect_runs(tracker.client, experiment)
+    comp = build_comparison(runs, reference)
+    compared = {name: run.info.run_id for name, run in sorted(runs.items())}
     files = write_outputs(comp, out)
+    (Path(out) / "compared_runs.json").write_text(json.dumps(compared, indent=2) + "\n")
     key = f"compare-{int(time.time())}"
-    tracker.create_run(key, experiment, "strategy-comparison", tags={"kind": "comparison"})
+    tags = {"kind": "comparison", "compared_runs": ",".join(compared.values()), **source_tags()}
+    tracker.create_run(key, experiment, "strategy-comparison", tags=tags)
+    for dataset in _compared_datasets(runs):  # the comparison read what its runs read
+        tracker.log_input(key, dataset)
     tracker.log_artifacts(key, Path(out), "comparison")
     tracker.end_run(key)
     tracker.flush(force=True)
     return comp, files, tracker.run_id(key)
+
+
+def _compared_datasets(runs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The evaluation datasets of the compared runs, once each, as ``comparison`` inputs."""
+    seen: dict[str, dict[str, Any]] = {}
+    for run in runs.values():
+        for item in run.inputs.dataset_inputs:
+            context = {t.key: t.value for t in item.tags}.get("mlflow.data.context")
+            if context != "evaluation" or item.dataset.digest in seen:
+                continue
+            d = item.dataset
+            seen[d.digest] = {
+                "name": d.name, "digest": d.digest, "source_type": d.source_type,
+                "source": d.source, "profile": d.profile, "context": "comparison", "tags": {},
+            }  # fmt: skip
+    return list(seen.values())

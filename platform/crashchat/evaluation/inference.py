@@ -51,14 +51,17 @@ class Generator:
         dtype: str = "auto",
         attention: str = "auto",
         threads: int = 1,
+        data_dir: str = "",
     ) -> None:
         import torch
 
         from crashchat.video.model_inputs import PixelNorm
+        from crashchat.video.samples import ClipStore
 
         torch.set_num_threads(max(1, threads))
         self.loaded = load_for_inference(model, dtype, attention)
         self.norm = PixelNorm(**pixel_norm)
+        self.clips = ClipStore(data_dir)  # this actor reads the clips of the rows it answers
         self.tokenizer = self.loaded.processor.tokenizer
         self.limits = (max_new_tokens, max_new_tokens_text)
 
@@ -68,6 +71,7 @@ class Generator:
 
         from crashchat.video.samples import row_to_model_inputs
 
+        (row,) = self.clips.attach([row])
         ids = [int(x) for x in row["input_ids"]]
         start = prompt_length([int(x) for x in row["labels"]], len(ids))
         inputs = row_to_model_inputs(
@@ -120,8 +124,10 @@ def run_inference(
     max_new_tokens_text: int = 160,
     dtype: str = "auto",
     attention: str = "auto",
+    data_dir: str = "",
 ) -> list[dict[str, Any]]:
-    """Answers for every row of ``dataset`` (a Ray dataset of sample rows)."""
+    """Answers for every row of ``dataset`` (a Ray dataset of record rows; the actors read
+    the clips from ``data_dir``)."""
     answered = dataset.map_batches(
         Generator,
         fn_constructor_kwargs={
@@ -132,6 +138,7 @@ def run_inference(
             "dtype": dtype,
             "attention": attention,
             "threads": int(worker_num_cpus),
+            "data_dir": data_dir,
         },
         batch_size=batch_size,
         batch_format="pyarrow",

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crashchat.data.answer_parsing import parse_interval, parse_recognition
-from crashchat.evaluation.metrics import temporal_iou
+from crashchat.data.answer_parsing import parse_interval, parse_recognition, temporal_iou
 
 
 def reference_points(rows: list[dict[str, Any]], split: str = "test") -> dict[str, Any]:
@@ -80,3 +79,21 @@ def learning_bar(metrics: dict[str, dict[str, Any]], ref: dict[str, Any]) -> lis
     for c in checks:
         c["passed"] = c["value"] >= c["threshold"] - 1e-12
     return checks
+
+
+def best_checks(per_dir: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each learning-bar check at its best over several evaluations (passing first, then the
+    widest margin over its bar), with ``eval_dir`` naming the evaluation it comes from.
+
+    Args:
+        per_dir: ``learning_bar`` results keyed by evaluation folder.
+    """
+    best: dict[str, dict[str, Any]] = {}
+    for eval_dir, checks in per_dir.items():
+        for c in checks:
+            kept = best.get(c["check"])
+            # A passing check beats a failing one; then the larger margin over its own bar.
+            rank = (c["passed"], c["value"] - c["threshold"])
+            if kept is None or rank > (kept["passed"], kept["value"] - kept["threshold"]):
+                best[c["check"]] = {**c, "eval_dir": eval_dir}
+    return list(best.values())

@@ -16,7 +16,7 @@ from typing import Any
 from crashchat.config import EvalConfig
 from crashchat.data.tasks import get_task
 from crashchat.evaluation.inference import run_inference
-from crashchat.evaluation.metrics import clip_name, task_metrics
+from crashchat.evaluation.metrics import crash_starts_from, task_metrics
 from crashchat.evaluation.predictions import build_record, write_predictions
 from crashchat.evaluation.reference import reference_points
 from crashchat.models.checkpoint import is_checkpoint, verify_checkpoint
@@ -94,26 +94,45 @@ def _base_of(model: str) -> str:
 
 
 def score(
-    rows: list[dict[str, Any]], bertscore: str | None = None
+    rows: list[dict[str, Any]], bertscore: str | None = None, parser: str = "upstream"
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
-    """Prediction records per task and their metrics, from answered rows."""
+    """Prediction records per task and their metrics, from answered rows (``parser``: the
+    ``parse`` setting, ``upstream`` or ``robust``)."""
     by_task: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         rec = build_record(
             row["task"], row["record_id"], row["video"], row["prompt"], row["answer"],
-            row["response"] or "",
+            row["response"] or "", parser,
         )  # fmt: skip
         if row.get("error"):
             rec["error"] = row["error"]
         by_task.setdefault(get_task(row["task"]).key, []).append(rec)
-    starts = {
-        clip_name(r["video_path"]): float(r["gt_start"])
-        for r in by_task.get("crash_localization", [])
-    }
+    starts = crash_starts_from(by_task.get("crash_localization", []))
     metrics = {
-        task: task_metrics(task, recs, starts, bertscore) for task, recs in sorted(by_task.items())
+        task: task_metrics(task, recs, starts, bertscore, parser)
+        for task, recs in sorted(by_task.items())
     }
     return by_task, metrics
+
+
+def _prepare_inputs(
+    local: str,
+    out: Path,
+    cfg: EvalConfig,
+    annotations: list[str | Path] | None,
+    video_root: str | Path | None,
+) -> Path:
+    """The evaluation's dataset, preprocessed from the annotations with the model's processor
+    unless the one already there was made from the same files and settings."""
+    from crashchat.video.pipeline import dataset_is_current, run_preprocess
+
+    if not annotations or video_root is None:
+        raise ValueError("give --data, or --annotations with --video-root")
+    data = Path(cfg.inputs) if cfg.inputs else out / "inputs"
+    base = _base_of(local)
+    if not dataset_is_current(data, annotations, video_root, base, cfg.preprocess):
+        run_preprocess(annotations, video_root, base, data, cfg.preprocess, None)
+    return data
 
 
 def run_evaluation(
@@ -132,12 +151,11 @@ def run_evaluation(
     """
     from crashchat.ray_utils import ensure_ray
     from crashchat.tracking.registry import resolve_model_ref
-    from crashchat.video.pipeline import run_preprocess
     from crashchat.video.samples import (
         load_manifest,
         read_failures,
+        read_records_table,
         read_samples,
-        read_samples_table,
     )
 
     started = time.perf_counter()
@@ -151,10 +169,7 @@ def run_evaluation(
 
         ray.data.DataContext.get_current().enable_progress_bars = False
         if data is None:
-            if not annotations or video_root is None:
-                raise ValueError("give --data, or --annotations with --video-root")
-            data = out / "inputs"
-            run_preprocess(annotations, video_root, _base_of(local), data, cfg.preprocess, None)
+            data = _prepare_inputs(local, out, cfg, annotations, video_root)
         check_inference_resources(cfg)
         manifest = load_manifest(data)
         tasks = cfg.tasks or _trained_tasks(local)
@@ -171,23 +186,24 @@ def run_evaluation(
             max_new_tokens_text=cfg.max_new_tokens_text,
             dtype=cfg.dtype,
             attention=cfg.attention,
+            data_dir=str(Path(data).resolve()),
         )
         failures = read_failures(data)
-        ref_rows = read_samples_table(data).select(["task", "split", "answer"]).to_pylist()
+        ref_rows = read_records_table(data).select(["task", "split", "answer"]).to_pylist()
         reference = reference_points(ref_rows, cfg.split or "test")
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
-    by_task, metrics = score(rows, cfg.bertscore_model)
+    by_task, metrics = score(rows, cfg.bertscore_model, cfg.parse)
     write_predictions(out / "predictions", by_task)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     counts = {t: len(r) for t, r in by_task.items()}
     result = EvalResult(out, model, metrics, counts, failures, reference=reference)
     if cfg.log_to_mlflow:
         result.run_id, result.tracking_note = log_evaluation(
-            model, local, metrics, cfg, out, reference
+            model, local, metrics, cfg, out, reference, Path(data)
         )
     result.seconds = time.perf_counter() - started
     (out / "evaluation.json").write_text(json.dumps(result.summary(), indent=2))
@@ -209,8 +225,13 @@ def log_evaluation(
     cfg: EvalConfig,
     out: Path,
     reference: dict[str, Any] | None = None,
+    data: Path | None = None,
 ) -> tuple[str | None, str | None]:
-    """Log metrics to the checkpoint's training run, or to a new baseline run."""
+    """Log metrics to the checkpoint's training run, or to a new baseline run; with the
+    evaluated dataset as the run's ``evaluation`` input and the parser as the ``parse`` tag."""
+    from crashchat.tracking.lineage import dataset_input, source_tags
+    from crashchat.video.samples import load_manifest
+
     tracker = Tracker(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.request_timeout_s, 0)
     run_id = None
     if is_checkpoint(local):
@@ -227,9 +248,13 @@ def log_evaluation(
     else:
         tracker.create_run(
             key, cfg.tracking.experiment, f"{mixture}-eval",
-            tags={"mixture": mixture, "strategy": strategy, "kind": "evaluation"},
+            tags={"mixture": mixture, "strategy": strategy, "kind": "evaluation", **source_tags()},
         )  # fmt: skip
         tracker.log(key, params={"model": model, "mixture": mixture, "strategy": strategy})
+    if data is not None:
+        tracker.log_input(
+            key, dataset_input(data, load_manifest(data), "evaluation", split=cfg.split or "all")
+        )
     values = {
         metric_key(task, name): float(v)
         for task, suite in metrics.items()
@@ -243,7 +268,7 @@ def log_evaluation(
             if isinstance(v, int | float)
         }
     )
-    tracker.log(key, values, step=0, tags={"evaluated": "true"})
+    tracker.log(key, values, step=0, tags={"evaluated": "true", "parse": cfg.parse})
     tracker.log_artifacts(key, out / "predictions", "evaluation/predictions")
     if not run_id:
         tracker.end_run(key)

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from crashchat.models.loading import LoadedModel, load_model
+from crashchat.models.metadata import write_model_meta
 
 FORMAT_VERSION = 1
 META_FILE = "crashchat_checkpoint.json"
@@ -139,6 +140,53 @@ class CheckpointWriter:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def write_trainables(
+    folder: str | Path,
+    model: Any,
+    adapter: dict[str, Any] | None,
+    non_lora: dict[str, Any],
+) -> Path:
+    """Write what training changed (an export): ``adapter/`` (PEFT, from ``model``'s config) and
+    ``non_lora_trainables.safetensors``. ``adapter``/``non_lora`` are state dicts by native name
+    (:func:`crashchat.models.lora.trainable_state`)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if adapter is not None:
+        model.save_pretrained(str(folder / ADAPTER_DIR), state_dict=adapter)
+    if non_lora:
+        save_file(non_lora, str(folder / NON_LORA_FILE))
+    return folder
+
+
+def write_platform_checkpoint(
+    dest: str | Path,
+    export: str | Path,
+    base_model: str,
+    processor_source: str,
+    prompts: dict[str, Any],
+    config: dict[str, Any],
+    meta: dict[str, Any],
+) -> Path:
+    """Assemble a platform checkpoint at ``dest`` atomically from an export
+    (:func:`write_trainables`), the processor, the prompts and the training config."""
+    import yaml
+    from transformers import AutoProcessor
+
+    export = Path(export)
+    with CheckpointWriter(dest, {"base_model": base_model, **meta}) as writer:
+        stage = writer.staging
+        if (export / ADAPTER_DIR).is_dir():
+            shutil.copytree(export / ADAPTER_DIR, stage / ADAPTER_DIR)
+        if (export / NON_LORA_FILE).is_file():
+            shutil.copy2(export / NON_LORA_FILE, stage / NON_LORA_FILE)
+        AutoProcessor.from_pretrained(processor_source).save_pretrained(str(stage / PROCESSOR_DIR))
+        (stage / PROMPTS_FILE).write_text(json.dumps(prompts, indent=2, sort_keys=True))
+        (stage / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    return Path(dest)
+
+
 def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     """Check every file against the manifest; return the checkpoint's metadata.
 
@@ -246,15 +294,13 @@ def export_merged(path: str | Path, out: str | Path) -> dict[str, Any]:
     The result loads with ``load_model`` like any base (and can be the base of further LoRA
     fine-tuning, or be served without the platform).
     """
-    from crashchat.models.tiny import PLATFORM_META
-
     loaded = load_checkpoint(path, merge=True)
     with atomic_directory(out) as staging:
         loaded.model.save_pretrained(str(staging))
         loaded.processor.save_pretrained(str(staging))
         meta = {k: v for k, v in loaded.meta.items() if k not in ("checkpoint", "checkpoint_path")}
         meta["merged_from"] = {"checkpoint": str(path), **loaded.meta["checkpoint"]}
-        (staging / PLATFORM_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        write_model_meta(staging, meta)
     return {"out": str(out), "base_model": loaded.meta["checkpoint"]["base_model"]}
 
 

@@ -6,8 +6,7 @@ CUDA devices that support it; everything else runs fp32 with SDPA on the CPU.
 
 from __future__ import annotations
 
-import importlib.util
-import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,40 @@ from typing import Any
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from crashchat.models.tiny import PLATFORM_META
+from crashchat.models.lean_logits import enable_lean_logits
+from crashchat.models.metadata import read_model_meta
+
+log = logging.getLogger(__name__)
+
+
+def flash_attention_problem() -> str | None:
+    """Why flash-attention 2 cannot be used here, or ``None`` when it can.
+
+    A real import, not a package lookup: a flash-attn built against another torch or CUDA is
+    found by ``find_spec`` and only fails when imported (undefined symbols), which used to crash
+    model loading instead of falling back.
+    """
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as exc:
+        return f"flash_attn does not import ({type(exc).__name__}: {str(exc)[:200]})"
+    return None
 
 
 def select_attention(prefer_flash: bool = True) -> str:
-    """``flash_attention_2`` when CUDA and flash-attn are available, else ``sdpa``."""
-    if prefer_flash and torch.cuda.is_available() and importlib.util.find_spec("flash_attn"):
+    """``flash_attention_2`` when CUDA and a working flash-attn are present, else ``sdpa``.
+
+    A flash-attn package that is installed but broken falls back to SDPA with a warning.
+    """
+    if not prefer_flash:
+        return "sdpa"
+    problem = flash_attention_problem()
+    if problem is None:
         return "flash_attention_2"
+    if problem != "no CUDA device":
+        log.warning("flash-attention unavailable, using sdpa: %s", problem)
     return "sdpa"
 
 
@@ -59,8 +85,11 @@ def load_model(
     dtype: str = "auto",
     attention: str = "auto",
     device: str | None = None,
+    supervised_logits_only: bool = True,
 ) -> LoadedModel:
     """Load a native ``VideoLlama3ForConditionalGeneration`` and its processor.
+
+    The model computes ``lm_head`` only where needed (:mod:`crashchat.models.lean_logits`).
 
     Args:
         source: A local directory or a hub id (offline machines need a local directory).
@@ -68,6 +97,7 @@ def load_model(
         attention: ``auto`` (flash-attention where possible, else SDPA), or an explicit
             ``attn_implementation`` such as ``sdpa`` or ``eager``.
         device: Target device; default CUDA when available, else CPU.
+        supervised_logits_only: With labels, project only supervised positions (same loss).
 
     Raises:
         FileNotFoundError: when ``source`` looks like a path but does not exist.
@@ -85,10 +115,9 @@ def load_model(
         attn_implementation=attn,
         trust_remote_code=False,
     )
+    enable_lean_logits(model, supervised_logits_only)
     processor = AutoProcessor.from_pretrained(src, trust_remote_code=False)
     target = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(target)  # type: ignore[arg-type]  # transformers' stub types .to() oddly
     model.eval()
-    meta_path = path / PLATFORM_META
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return LoadedModel(model, processor, src, torch_dtype, attn, meta)
+    return LoadedModel(model, processor, src, torch_dtype, attn, read_model_meta(path))

@@ -7,9 +7,9 @@ conversion to the native layout).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -24,9 +24,8 @@ from transformers import (
 from transformers.models.video_llama_3.configuration_video_llama_3 import VideoLlama3VisionConfig
 
 from crashchat.config import TinyModelConfig
+from crashchat.models.metadata import write_model_meta
 from crashchat.models.tokenizer import train_tokenizer
-
-PLATFORM_META = "crashchat_model.json"
 
 
 def _token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
@@ -115,5 +114,45 @@ def build_tiny_model(
         "tiny_config": cfg.model_dump(),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    (out / PLATFORM_META).write_text(json.dumps(meta, indent=2) + "\n")
+    write_model_meta(out, meta)
     return out
+
+
+def build_random_checkpoint(
+    base: str | Path,
+    dest: str | Path,
+    meta: dict[str, Any],
+    prompts: dict[str, str],
+    seed: int = 0,
+) -> Path:
+    """A platform checkpoint of ``base`` with random LoRA adapters and a perturbed projector.
+
+    For tests, benchmarks and serving demos that need checkpoints which answer differently from
+    their base without training one. ``meta`` holds at least ``mixture``, ``strategy`` and
+    ``tasks``.
+    """
+    import tempfile
+
+    from crashchat.config import LoraSettings, TrainConfig
+    from crashchat.models.checkpoint import write_platform_checkpoint, write_trainables
+    from crashchat.models.loading import load_model
+    from crashchat.models.lora import apply_lora, trainable_state
+
+    torch.manual_seed(seed)
+    model = apply_lora(load_model(base).model, LoraSettings(r=4, alpha=8, dropout=0.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    adapter, non_lora = trainable_state(model)
+    with tempfile.TemporaryDirectory(prefix="crashchat-export-") as tmp:
+        export = write_trainables(Path(tmp) / "export", model, adapter, non_lora)
+        return write_platform_checkpoint(
+            dest,
+            export,
+            str(base),
+            str(base),
+            prompts,
+            TrainConfig().model_dump(mode="json"),
+            {"step": 1, **meta},
+        )

@@ -17,15 +17,18 @@ SPECIAL_TOKENS = (
     "<|video_pad|>",
 )
 
-# Qwen2-style ChatML. Content may be a string or a list of {"type": "text"|"video"|"image"} parts;
-# a video part becomes one <|video_pad|>, which the processor expands per frame ("Time 0.0s:...").
+# Upstream VideoLLaMA3's training format (videollama3/model/processor.py), with transformers'
+# native tokens: ChatML without a system prompt, and a video part written as one <|video_pad|>
+# followed by a newline. The native processor expands that token into the per-frame text upstream
+# writes, "Time 0.0s:<frame tokens>,Time 0.1s:<frame tokens>", so the prompt a model sees is
+# upstream's token for token with <|video_pad|> in place of upstream's <image>.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>\n"
-    "{% elif part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>\n"
+    "{% if part['type'] == 'video' %}<|video_pad|>\n"
+    "{% elif part['type'] == 'image' %}<|image_pad|>\n"
     "{% else %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}"
     "<|im_end|>\n"

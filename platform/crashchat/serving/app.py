@@ -1,13 +1,10 @@
-"""The Serve application: one FastAPI router as the only HTTP ingress, in front of a decoder
-deployment and one autoscaled replica group per checkpoint (or one multiplexed deployment).
-
-``build_app(args)`` is the application builder Serve's own tooling imports
-(``import_path: crashchat.serving.app:build_app``); ``crashchat serve`` calls it too.
+"""The router: one FastAPI ingress in front of a decoder deployment and one autoscaled replica
+group per checkpoint (or one multiplexed deployment); :mod:`crashchat.serving.builder` binds
+them into the Serve application.
 """
 
 # No ``from __future__ import annotations``: FastAPI must see real types on the routes.
 import asyncio
-import hashlib
 import json
 import os
 import time
@@ -23,22 +20,16 @@ from ray import serve
 from crashchat.config import ServeConfig
 from crashchat.data.answer_parsing import parse_answer
 from crashchat.data.tasks import get_task
-from crashchat.models.checkpoint import PROCESSOR_DIR, is_checkpoint
+from crashchat.serving import api_schema, openai_api
 from crashchat.serving.catalog import (
     BASELINE,
     Catalog,
     RouteError,
     ServedCheckpoint,
-    deployment_name,
+    processor_group,
 )
 from crashchat.serving.clip_inputs import ClipInputs
-from crashchat.serving.deployments import (
-    Answer,
-    CheckpointModel,
-    Decoder,
-    Failure,
-    MultiplexedModel,
-)
+from crashchat.serving.deployments import Answer, Failure
 from crashchat.serving.generation import Question
 from crashchat.serving.requests import (
     RequestError,
@@ -50,7 +41,6 @@ from crashchat.serving.requests import (
     parse_tasks,
 )
 
-MODEL_META = "crashchat_model.json"
 PAGE = Path(__file__).with_name("static") / "index.html"
 RETRYABLE = ("ActorDiedError", "ActorUnavailableError", "RayActorError", "WorkerCrashedError")
 
@@ -61,33 +51,37 @@ api = FastAPI(
 )
 
 
-def processor_dir(c: ServedCheckpoint) -> str:
-    """Folder of the processor a checkpoint was trained with (the base's for the baseline)."""
-    return str(Path(c.path) / PROCESSOR_DIR) if is_checkpoint(c.path) else c.path
-
-
-def model_frame_size(c: ServedCheckpoint) -> int | None:
-    """Square frame size of tiny models (from the base's platform metadata), else None."""
-    meta = Path(c.base_model) / MODEL_META
-    return json.loads(meta.read_text()).get("frame_size") if meta.is_file() else None
-
-
-def processor_group(c: ServedCheckpoint) -> str:
-    """Checkpoints whose processors agree share one decoded clip: a hash of the settings."""
-    digest = hashlib.sha1(str(model_frame_size(c)).encode())
-    folder = Path(processor_dir(c))
-    for name in (
-        "processor_config.json",
-        "preprocessor_config.json",
-        "video_preprocessor_config.json",
-    ):
-        if (folder / name).is_file():
-            digest.update((folder / name).read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"status": status, "detail": detail}}, status, headers=headers)
+
+
+def _openai_error(
+    status: int, detail: str, param: str | None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(openai_api.error_body(status, detail, param), status, headers=headers)
+
+
+async def _sse(ident: str, out: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
+    """The answer as server-sent ``chat.completion.chunk`` events, then ``[DONE]``.
+
+    Generation is batched on the replicas, so the answer streams once it is generated.
+    """
+    model = out["model"]
+
+    def event(data: dict[str, Any]) -> bytes:
+        return f"data: {json.dumps(data)}\n\n".encode()
+
+    yield event(openai_api.chunk(ident, model, {"role": "assistant", "content": ""}))
+    for piece in openai_api.stream_pieces(out["text"]):
+        yield event(openai_api.chunk(ident, model, {"content": piece}))
+    last = openai_api.chunk(ident, model, {}, out["finish"])
+    last["crashchat"] = out["extra"]
+    yield event(last)
+    if include_usage:
+        usage = openai_api.chunk(ident, model, {})
+        usage["choices"], usage["usage"] = [], out["usage"]
+        yield event(usage)
+    yield b"data: [DONE]\n\n"
 
 
 def build_report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -126,6 +120,13 @@ class Router:
         self.multiplexed = multiplexed
         self.groups = {n: processor_group(c) for n, c in self.catalog.checkpoints.items()}
         self.token = os.environ.get(self.cfg.token_env) or None
+        self.created = int(time.time())
+        # A chat message equal to a task's prompt is that task (whitespace aside).
+        self.task_of_prompt = {
+            openai_api.normalize_prompt(p): t
+            for c in self.catalog.checkpoints.values()
+            for t, p in c.prompts.items()
+        }
 
     # -- checks ---------------------------------------------------------------------------
     def _auth(self, request: Request) -> None:
@@ -135,23 +136,25 @@ class Router:
         if got != f"Bearer {self.token}":
             raise RequestError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
-    async def _read_json(self, request: Request) -> Any:
-        body = b"".join(
-            [
-                c
-                async for c in limited_stream(
-                    request.stream(),
-                    int(self.cfg.limits.max_upload_mb * 2**20),
-                    request.headers.get("content-length"),
-                )
-            ]
+    async def _read_json(
+        self, request: Request, limit: int | None = None, what: str | None = None
+    ) -> Any:
+        """The JSON body, read no further than ``limit`` bytes (413 naming ``what`` beyond)."""
+        chunks = limited_stream(
+            request.stream(),
+            limit or int(self.cfg.limits.max_upload_mb * 2**20),
+            request.headers.get("content-length"),
+            what,
         )
+        body = b"".join([c async for c in chunks])
         try:
             return json.loads(body or b"null")
         except json.JSONDecodeError as exc:
             raise RequestError(
                 422, f"body: invalid JSON ({exc.msg} at line {exc.lineno})"
             ) from None
+        except UnicodeDecodeError as exc:  # JSON must be UTF-8 (found by the API fuzzer)
+            raise RequestError(422, f"body: not UTF-8 text ({exc.reason})") from None
 
     async def _parse_analyze(self, request: Request) -> tuple[VideoSource, list[str] | str, str]:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -207,23 +210,29 @@ class Router:
         return self.models[name]
 
     async def _call(self, make: Any, what: str) -> Any:
-        """Await a handle call; one retry when the replica died under it."""
+        """Await a handle call, resent (``limits.replica_retries``) when its replica died."""
         from ray.serve.exceptions import BackPressureError
 
-        for attempt in (1, 2):
+        limits = self.cfg.limits
+        for attempt in range(limits.replica_retries + 1):
             try:
                 return await make()
             except BackPressureError:
                 raise RequestError(
                     503,
                     f"{what} is at capacity; retry later",
-                    {"Retry-After": str(self.cfg.limits.retry_after_s)},
+                    {"Retry-After": str(limits.retry_after_s)},
                 ) from None
             except Exception as exc:
-                if attempt == 1 and any(n in type(exc).__name__ for n in RETRYABLE):
-                    await asyncio.sleep(0.5)
-                    continue
-                raise
+                if not any(n in type(exc).__name__ for n in RETRYABLE):
+                    raise
+                if attempt == limits.replica_retries:
+                    raise RequestError(
+                        503,
+                        f"{what} died {attempt + 1} time(s) while answering: {type(exc).__name__}",
+                        {"Retry-After": str(limits.retry_after_s)},
+                    ) from None
+                await asyncio.sleep(limits.replica_retry_backoff_s * 2**attempt)
         raise AssertionError("unreachable")
 
     async def analyze_source(
@@ -268,7 +277,7 @@ class Router:
             if ans.error:
                 entry["error"] = ans.error
             else:
-                parsed = parse_answer(task, ans.response).to_json()
+                parsed = parse_answer(task, ans.response, self.cfg.parse).to_json()
                 entry |= {
                     "answer": ans.response,
                     "value": parsed["value"],
@@ -316,7 +325,7 @@ class Router:
             return _error(exc.status, exc.detail, exc.headers)
         return JSONResponse(self.catalog.to_json() | {"mode": self.cfg.mode})
 
-    @api.post("/v1/analyze")
+    @api.post("/v1/analyze", openapi_extra=api_schema.ANALYZE)
     async def analyze(self, request: Request) -> Response:
         """One video (multipart field ``video``, or JSON ``video_path``), some or all tasks.
 
@@ -331,7 +340,7 @@ class Router:
             return _error(exc.status, exc.detail, exc.headers)
         return JSONResponse({"id": uuid.uuid4().hex[:12]} | out)
 
-    @api.post("/v1/batch")
+    @api.post("/v1/batch", openapi_extra=api_schema.BATCH)
     async def batch(self, request: Request) -> Response:
         """Many videos by path: a JSON list (or ``{"items": [...]}``) or JSONL of items
         ``{"id", "video_path", "tasks", "checkpoint"}``. Streams NDJSON lines as items finish,
@@ -434,107 +443,117 @@ class Router:
         }
         yield (json.dumps({"summary": summary}) + "\n").encode()
 
+    # -- OpenAI-compatible chat ------------------------------------------------------------
+    def _free_form_checkpoint(self) -> ServedCheckpoint:
+        """Who answers a question that is no task prompt: configured, else the all-task
+        checkpoint, else the baseline, else any."""
+        chosen = self.cfg.openai.free_form_checkpoint
+        cps = self.catalog.checkpoints
+        if chosen in cps:
+            return cps[chosen]
+        for c in cps.values():
+            if c.strategy == "heterogeneous":
+                return c
+        return cps.get(BASELINE) or next(iter(cps.values()))
+
+    def _chat_route(self, req: openai_api.ChatRequest) -> tuple[str | None, ServedCheckpoint]:
+        """(the task the text asks, or None for a free-form question; the checkpoint)."""
+        task = self.task_of_prompt.get(openai_api.normalize_prompt(req.text))
+        if req.model == "auto":
+            if task is not None:
+                try:
+                    return task, self.catalog.route(task, "auto")
+                except RouteError:
+                    pass
+            return None, self._free_form_checkpoint()
+        chosen = self.catalog.checkpoints.get(req.model)
+        if chosen is None:
+            raise RequestError(
+                404,
+                f"model {req.model!r} not found; served: {[*self.catalog.names, 'auto']}",
+                param="model",
+            )
+        return (task if task in chosen.tasks else None), chosen
+
+    async def _chat_answer(self, req: openai_api.ChatRequest) -> dict[str, Any]:
+        """Decode the clip, ask the routed checkpoint, and describe what answered."""
+        task, c = self._chat_route(req)
+        payload = {"data": req.source.data, "filename": req.source.filename,
+                   "path": req.source.path, "sampling": req.sampling}  # fmt: skip
+        clip = await self._call(
+            lambda: self.decoder.decode.remote(self.groups[c.name], payload), "the video decoder"
+        )
+        if isinstance(clip, Failure):
+            raise RequestError(clip.status, clip.detail, param="messages")
+        prompt = c.prompts[task] if task else req.text
+        q = Question(clip, task, prompt, generation=req.generation)
+        ans = await self._call(lambda: self._model(c.name).answer.remote(q), f"checkpoint {c.name}")
+        if ans.error:
+            raise RuntimeError(ans.error)
+        text, stopped = openai_api.apply_stop(ans.response, req.generation.stop)
+        extra: dict[str, Any] = {"task": task, "checkpoint": c.name,
+                                 "frames": len(clip.timestamps), "timestamps": clip.timestamps,
+                                 "video": {"source": req.source.describe(), **clip.describe()}}  # fmt: skip
+        if task:
+            parsed = parse_answer(task, text, self.cfg.parse).to_json()
+            extra |= {"value": parsed["value"], "parsed": parsed["parsed"]}
+        visual = int(sum(clip.video.compression_mask))
+        usage = {
+            "prompt_tokens": ans.prompt_tokens,
+            "completion_tokens": ans.completion_tokens,
+            "total_tokens": ans.prompt_tokens + ans.completion_tokens,
+            "visual_tokens": visual,
+        }
+        return {"model": c.name, "text": text, "finish": "stop" if stopped else ans.finish_reason,
+                "usage": usage, "extra": extra}  # fmt: skip
+
+    @api.post("/v1/chat/completions", openapi_extra=api_schema.CHAT_COMPLETIONS)
+    async def chat_completions(self, request: Request) -> Response:
+        """OpenAI chat completions with one video part (``video_url``: a ``data:`` URL or a
+        ``file://`` path under an allowed root) and text: a task prompt is answered like
+        ``/v1/analyze`` answers that task, other text is a free-form question. ``model``: a
+        checkpoint, ``auto`` or ``baseline``; ``mm_processor_kwargs``: ``fps``, ``max_frames``."""
+        limits, pre = self.cfg.limits, self.cfg.preprocess
+        video_bytes = int(limits.max_upload_mb * 2**20)
+        try:
+            self._auth(request)
+            body = await self._read_json(
+                request,
+                limit=video_bytes * 4 // 3 + 2**20,  # base64 is 4/3 of the video, plus the JSON
+                what=f"the video may be at most {limits.max_upload_mb:g} MiB (above the "
+                f"{limits.max_upload_mb:g} MiB limit once base64-decoded)",
+            )
+            req = openai_api.parse_chat_request(
+                body, video_bytes, limits.allowed_roots, self.cfg.openai.max_tokens_limit,
+                (self.cfg.openai.min_fps, self.cfg.openai.max_fps),
+                (pre.min_frames, pre.max_frames),
+            )  # fmt: skip
+            out = await self._with_timeout(self._chat_answer(req))
+        except RequestError as exc:
+            return _openai_error(exc.status, exc.detail, exc.param, exc.headers)
+        except Exception as exc:  # the model failed: a server error in OpenAI's shape
+            return _openai_error(500, f"{type(exc).__name__}: {exc}"[:500], None)
+        ident = openai_api.completion_id()
+        if not req.stream:
+            return JSONResponse(
+                openai_api.completion(
+                    ident, out["model"], out["text"], out["finish"], out["usage"], out["extra"]
+                )
+            )
+        return StreamingResponse(
+            _sse(ident, out, req.include_usage), media_type="text/event-stream"
+        )
+
+    @api.get("/v1/models")
+    async def list_models(self, request: Request) -> Response:
+        """The served checkpoints (and ``auto``) as OpenAI models, with their tasks."""
+        try:
+            self._auth(request)
+        except RequestError as exc:
+            return _openai_error(exc.status, exc.detail, None, exc.headers)
+        return JSONResponse(openai_api.model_list(self.catalog.to_json(), self.created))
+
     @api.get("/", response_class=HTMLResponse)
     async def page(self) -> HTMLResponse:
         """A page to upload a video and see the answers on a timeline."""
         return HTMLResponse(PAGE.read_text())
-
-
-def _deployment_options(
-    settings: Any, name: str, env: dict[str, str] | None = None
-) -> dict[str, Any]:
-    actor = settings.ray_actor_options()
-    if env:
-        # Serve reads these at import in the replica process; the job's env_vars still apply.
-        actor["runtime_env"] = {"env_vars": dict(env)}
-    opts: dict[str, Any] = {
-        "name": name,
-        "ray_actor_options": actor,
-        "max_ongoing_requests": settings.max_ongoing_requests,
-        "max_queued_requests": settings.max_queued_requests,
-        "autoscaling_config": settings.autoscaling.to_serve(),
-        "health_check_period_s": 5,
-        "graceful_shutdown_timeout_s": 5,
-    }
-    return opts
-
-
-def _deployment(cls: type) -> Any:
-    """``serve.deployment`` of a plain class (options are applied by the caller)."""
-    return serve.deployment(cls)
-
-
-def build_application(catalog: Catalog, cfg: ServeConfig) -> Any:
-    """The bound Serve application for ``catalog`` under ``cfg``."""
-    cfg_json = cfg.model_dump(mode="json")
-    env = cfg.replica_env()
-    groups: dict[str, dict[str, Any]] = {}
-    for c in catalog.checkpoints.values():
-        groups.setdefault(
-            processor_group(c), {"dir": processor_dir(c), "frame_size": model_frame_size(c)}
-        )
-    decoder = (
-        _deployment(Decoder)
-        .options(**_deployment_options(cfg.decoder, "decoder", env))
-        .bind(cfg_json, groups)
-    )
-    models: dict[str, Any]
-    if cfg.mode == "multiplexed":
-        bases = {c.base_model for c in catalog.checkpoints.values()}
-        if len(bases) != 1:
-            raise ValueError(
-                f"multiplexed mode needs one base model; the checkpoints use {sorted(bases)}"
-            )
-        paths = {n: c.path for n, c in catalog.checkpoints.items() if n != BASELINE}
-        models = {
-            "multiplexed": _deployment(MultiplexedModel)
-            .options(**_deployment_options(cfg.model, "model_multiplexed", env))
-            .bind(bases.pop(), paths, cfg_json)
-        }
-    else:
-        models = {
-            name: _deployment(CheckpointModel)
-            .options(**_deployment_options(cfg.replica(name), deployment_name(name), env))
-            .bind(name, c.path, cfg_json)
-            for name, c in catalog.checkpoints.items()
-        }
-    return (
-        _deployment(Router)
-        .options(**_deployment_options(cfg.router, "router", env))
-        .bind(catalog.to_args(), cfg_json, decoder, models, cfg.mode == "multiplexed")
-    )
-
-
-def build_app(args: dict[str, Any]) -> Any:
-    """Application builder for Serve config files.
-
-    ``args``: ``config`` (a ServeConfig mapping, or ``config_path``), and either ``catalog``
-    (as written by ``crashchat serve config``), ``checkpoints`` (a folder, with optional
-    ``base_model``), or ``registry`` (an MLflow experiment, with optional ``tracking_uri``).
-    """
-    from crashchat.config import load_config
-    from crashchat.serving.catalog import build_catalog_from_dir, build_catalog_from_registry
-    from crashchat.serving.lifecycle import check_exposure
-
-    if "config_path" in args:
-        cfg = load_config(args["config_path"], ServeConfig)
-    else:
-        cfg = ServeConfig.model_validate(args.get("config") or {})
-    check_exposure(cfg)  # declarative deployments obey the same rule as `serve up`
-    if "catalog" in args:
-        catalog = Catalog.from_args(args["catalog"])
-    elif "checkpoints" in args:
-        catalog = build_catalog_from_dir(
-            args["checkpoints"], args.get("base_model"), prompts=cfg.prompts
-        )
-    elif "registry" in args:
-        catalog = build_catalog_from_registry(
-            args["registry"],
-            args.get("download_root", "/tmp/crashchat-serve-models"),
-            args.get("tracking_uri"),
-            args.get("base_model"),
-            prompts=cfg.prompts,
-        )
-    else:
-        raise ValueError("build_app needs 'catalog', 'checkpoints' or 'registry' in its args")
-    return build_application(catalog, cfg)

@@ -3,21 +3,35 @@
 A :class:`Catalog` is built from a folder of platform checkpoints (as ``crashchat train --output``
 writes them) or from an MLflow experiment's registry aliases, plus an optional base model served
 as ``baseline``. It knows nothing of Ray: the router asks it where a task goes.
+:func:`build_catalog` is the one place that choice is made, for every entry point
+(``crashchat serve up|deploy|config``, the pipeline's serve stage, Serve's ``build_app``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from crashchat.data.prompts import PromptCatalog
 from crashchat.data.tasks import TASK_KEYS, get_task
-from crashchat.models.checkpoint import META_FILE, PROMPTS_FILE, is_checkpoint, verify_checkpoint
+from crashchat.models.checkpoint import (
+    META_FILE,
+    PROCESSOR_DIR,
+    PROMPTS_FILE,
+    is_checkpoint,
+    verify_checkpoint,
+)
+from crashchat.models.metadata import model_frame_size
 
 BASELINE = "baseline"
 BEST_FILE = "best_checkpoints.json"
+# Absolute, so a CLI, a Ray job (whose working_dir copy Ray may delete) and a Serve controller
+# (whose current directory is Ray's) all download registry checkpoints to the same place.
+DEFAULT_DOWNLOAD_ROOT = Path(tempfile.gettempdir()) / "crashchat-serve-models"
 # ``auto`` without evaluations: the most specialised checkpoint trained on the task wins.
 STRATEGY_ORDER = ("monotask", "homogeneous", "heterogeneous")
 
@@ -338,3 +352,78 @@ def build_catalog_from_registry(
         except Exception:  # a comparison without the file: route by strategy instead
             best = {}
     return Catalog(checkpoints, best)
+
+
+def build_catalog(
+    checkpoints: str | Path | None = None,
+    registry: str | None = None,
+    base_model: str | Path | None = None,
+    best: str | Path | None = None,
+    prompts: str | Path | None = None,
+    download_root: str | Path | None = DEFAULT_DOWNLOAD_ROOT,
+    tracking_uri: str | None = None,
+) -> Catalog:
+    """What to serve, from exactly one source: a checkpoints folder or an MLflow registry.
+
+    Args:
+        checkpoints: Folder of platform checkpoints (or one checkpoint).
+        registry: MLflow experiment whose registered aliases are served.
+        base_model: Served as ``baseline`` [default: the base the checkpoints were trained from,
+            when it is a local folder].
+        best: ``best_checkpoints.json`` from ``crashchat compare``, routing ``auto`` [default:
+            ``checkpoints/best_checkpoints.json`` when present; for a registry, the newest
+            comparison run's file].
+        prompts: A ``prompts.json`` letting the baseline answer tasks no checkpoint learned.
+        download_root: Where registry checkpoints are downloaded [:data:`DEFAULT_DOWNLOAD_ROOT`].
+        tracking_uri: MLflow tracking URI of the registry [default: as the platform resolves it].
+
+    Raises:
+        CatalogError: when neither or both sources are given, a file is missing, nothing
+            servable is found or a checkpoint fails verification; the message says which.
+    """
+    if (checkpoints is None) == (registry is None):
+        raise CatalogError(
+            "give exactly one checkpoint source: checkpoints (a folder, --checkpoints DIR) or "
+            "registry (an MLflow experiment, --registry EXPERIMENT)"
+        )
+    if best is not None and not Path(best).is_file():
+        raise CatalogError(f"{best}: best-checkpoints file not found")
+    base = base_model
+    if base is not None and Path(base).exists():
+        base = str(Path(base).resolve())
+    try:
+        if checkpoints is not None:
+            return build_catalog_from_dir(checkpoints, base, best, prompts=prompts)
+        catalog = build_catalog_from_registry(
+            str(registry),
+            download_root or DEFAULT_DOWNLOAD_ROOT,
+            tracking_uri,
+            base,
+            prompts=prompts,
+        )
+    except FileNotFoundError as exc:
+        raise CatalogError(str(exc)) from None
+    if best is None:
+        return catalog
+    # An explicit file overrides the comparison run's picks, as it does for a folder.
+    served = list(catalog.checkpoints.values())
+    return Catalog(served, _best_from_file(Path(best), served))
+
+
+def processor_dir(c: ServedCheckpoint) -> str:
+    """Folder of the processor a checkpoint was trained with (the base's for the baseline)."""
+    return str(Path(c.path) / PROCESSOR_DIR) if is_checkpoint(c.path) else c.path
+
+
+def processor_group(c: ServedCheckpoint) -> str:
+    """Checkpoints whose processors agree share one decoded clip: a hash of the settings."""
+    digest = hashlib.sha1(str(model_frame_size(c.base_model)).encode())
+    folder = Path(processor_dir(c))
+    for name in (
+        "processor_config.json",
+        "preprocessor_config.json",
+        "video_preprocessor_config.json",
+    ):
+        if (folder / name).is_file():
+            digest.update((folder / name).read_bytes())
+    return digest.hexdigest()[:12]

@@ -51,22 +51,188 @@ def batch_items(videos: list[Path], tasks: str, checkpoint: str) -> list[dict[st
     ]
 
 
-def send_batch(
-    url: str, items: list[dict[str, Any]], token: str | None = None, timeout_s: float = 3600
-) -> Iterator[dict[str, Any]]:
-    """POST ``items`` to ``url``/v1/batch and yield each NDJSON line as it arrives.
+# An item failed because a process died or was busy, not because of the item: safe to resend
+# (the same clip and tasks give the same answer).
+RETRYABLE_STATUS = (502, 503, 504)
+RETRYABLE_DETAIL = (
+    "ActorDied", "ActorUnavailable", "RayActorError", "WorkerCrashed", "NodeDied",
+    "died", "unavailable", "Connection", "at capacity",
+)  # fmt: skip
 
-    Raises:
-        RuntimeError: when the endpoint refuses the whole batch (status and detail).
-    """
+
+def retryable(error: dict[str, Any]) -> bool:
+    """True for an item error a resend can fix (a killed replica, a full queue)."""
+    status = int(error.get("status", 0))
+    detail = str(error.get("detail", ""))
+    return status in RETRYABLE_STATUS or (
+        status >= 500 and any(word in detail for word in RETRYABLE_DETAIL)
+    )
+
+
+def _post_batch(
+    url: str, items: list[dict[str, Any]], token: str | None, timeout_s: float
+) -> Iterator[dict[str, Any]]:
     import requests
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with requests.post(
         url.rstrip("/") + "/v1/batch", json=items, headers=headers, stream=True, timeout=timeout_s
     ) as resp:
+        if resp.status_code in RETRYABLE_STATUS:
+            raise ConnectionError(f"HTTP {resp.status_code}: {resp.text[:200]}")
         if resp.status_code != 200:
             raise RuntimeError(f"{url}: HTTP {resp.status_code}: {resp.text[:500]}")
         for line in resp.iter_lines():
             if line:
                 yield json.loads(line)
+
+
+def send_batch(
+    url: str,
+    items: list[dict[str, Any]],
+    token: str | None = None,
+    timeout_s: float = 3600,
+    retries: int = 5,
+    backoff_s: float = 2.0,
+) -> Iterator[dict[str, Any]]:
+    """POST ``items`` to ``url``/v1/batch and yield one final line per item as it arrives, then
+    a summary line.
+
+    Items are idempotent (the same clip and tasks), so whatever a dying process cost is sent
+    again: when the stream breaks (the router or its ingress was killed) the items without an
+    answer go out in a new batch, and an item whose error says a replica died or a queue was
+    full is resent, each up to ``retries`` times. Every item gets exactly one line: its result,
+    or its last error. Lines carry the item's position in ``items`` as ``index`` and how many
+    times it was resent as ``retries``.
+
+    Raises:
+        RuntimeError: when the endpoint refuses the whole batch (status and detail).
+    """
+    import time
+
+    import requests
+
+    started = time.monotonic()
+    pending = dict(enumerate(items))
+    tries = dict.fromkeys(pending, 0)
+    last_error: dict[int, dict[str, Any]] = {}
+    counts = {"succeeded": 0, "failed": 0, "resent": 0}
+    while pending:
+        order = sorted(pending)
+        try:
+            for line in _post_batch(url, [pending[i] for i in order], token, timeout_s):
+                if "summary" in line or not isinstance(line.get("index"), int):
+                    continue
+                i = order[line["index"]]
+                if i not in pending:
+                    continue  # already answered (never yield an item twice)
+                error = line.get("error")
+                if error is not None and retryable(error) and tries[i] < retries:
+                    last_error[i] = line
+                    continue
+                del pending[i]
+                counts["succeeded" if error is None else "failed"] += 1
+                yield {**line, "index": i, "retries": tries[i]}
+        except (
+            requests.ConnectionError,
+            requests.exceptions.ChunkedEncodingError,
+            ConnectionError,
+        ) as exc:
+            for i in pending:
+                last_error[i] = {
+                    "id": items[i].get("id", i),
+                    "error": {"status": 503, "detail": f"stream broken: {exc}"[:300]},
+                }
+        for i in list(pending):
+            if tries[i] >= retries:
+                line = last_error.get(
+                    i,
+                    {"id": items[i].get("id", i), "error": {"status": 503, "detail": "no answer"}},
+                )
+                del pending[i]
+                counts["failed"] += 1
+                yield {**line, "index": i, "retries": tries[i]}
+            else:
+                tries[i] += 1
+                counts["resent"] += 1
+        if pending:
+            time.sleep(backoff_s)
+    summary = {"items": len(items), **counts, "elapsed_s": round(time.monotonic() - started, 3)}
+    yield {"summary": summary}
+
+
+# The report's perception fields, which have a truth to hold them against.
+REPORT_TRUTH = {
+    "crash_recognition": "crash",
+    "crash_localization": "crash_interval_s",
+    "pre_crash_localization": "pre_crash_cue_s",
+}
+
+
+def truth_of_split(annotations: Path, split: str) -> dict[str, dict[str, Any]]:
+    """Per clip file name (a batch item's id): the annotated crash, interval and cue."""
+    from crashchat.data.answer_parsing import parse_answer
+    from crashchat.data.validation import collect_samples
+
+    files, _issues = collect_samples([annotations])
+    truth: dict[str, dict[str, Any]] = {}
+    for f in files:
+        for s in f.samples:
+            if s.split == split and s.task in REPORT_TRUTH:
+                parsed = parse_answer(s.task, s.answer, "robust")
+                if parsed.parsed:
+                    value = list(parsed.value) if isinstance(parsed.value, tuple) else parsed.value
+                    truth.setdefault(Path(s.video).name, {})[REPORT_TRUTH[s.task]] = value
+    return truth
+
+
+def _fmt(field: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if field == "crash":
+        return "yes" if value else "no"
+    if field == "crash_interval_s":
+        return f"{value[0]:.1f}-{value[1]:.1f}"
+    return f"{float(value):.1f}"
+
+
+def report_row(line: dict[str, Any], truth: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One clip's crash report as ``serve batch`` prints it: each perception field as
+    ``answer`` (and ``answer / truth`` when the truth is known), which checkpoints answered, and
+    the description unless the untrained baseline wrote it (its text means nothing).
+
+    Returns:
+        ``{"id", "crash", "crash_interval_s", "pre_crash_cue_s", "answered_by", "description",
+        "match"}`` where ``match`` holds, per field with a truth, whether the answer agrees
+        (interval: IoU >= 0.5; cue: within 1 s).
+    """
+    from crashchat.data.answer_parsing import temporal_iou
+    from crashchat.serving.catalog import BASELINE
+
+    result = line["result"]
+    report, results = result.get("report", {}), result.get("results", {})
+    truth = truth or {}
+    row: dict[str, Any] = {"id": line.get("id"), "match": {}}
+    for field in REPORT_TRUTH.values():
+        answer = report.get(field)
+        cell = _fmt(field, answer)
+        if field in truth:
+            cell += f" / {_fmt(field, truth[field])}"
+            want = truth[field]
+            if answer is None:
+                row["match"][field] = False
+            elif field == "crash":
+                row["match"][field] = bool(answer) == bool(want)
+            elif field == "crash_interval_s":
+                row["match"][field] = temporal_iou(tuple(answer), tuple(want)) >= 0.5
+            else:
+                row["match"][field] = abs(float(answer) - float(want)) <= 1.0
+        row[field] = cell
+    names = sorted({r["checkpoint"] for r in results.values() if "checkpoint" in r})
+    row["answered_by"] = ", ".join(f"{n} (untrained)" if n == BASELINE else n for n in names)
+    described_by = results.get("crash_description", {}).get("checkpoint")
+    text = report.get("description") or ""
+    row["description"] = (
+        "(untrained baseline: text not shown)" if described_by == BASELINE and text else text
+    )
+    return row

@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from crashchat.config import PreprocessConfig
-from crashchat.video.decode import DecodedClip, DecodeSpec
+from crashchat.video.decode import DecodedClip
 from crashchat.video.model_inputs import VideoInputs
 
 
@@ -41,18 +40,6 @@ class ClipInputs:
         }
 
 
-def decode_spec(cfg: PreprocessConfig, model_frame_size: int | None) -> DecodeSpec:
-    """The :class:`DecodeSpec` preprocessing would use for this config and model."""
-    return DecodeSpec(
-        cfg.fps,
-        cfg.max_frames,
-        cfg.min_frames,
-        cfg.frame_size or model_frame_size,
-        cfg.max_visual_tokens,
-        fault_injection=cfg.fault_injection,
-    )
-
-
 def build_clip_inputs(
     clip: DecodedClip, builder: Any, width: int, height: int, decode_ms: float
 ) -> ClipInputs:
@@ -78,4 +65,7 @@ def build_clip_inputs(
 
 def concat_pixels(clips: list[VideoInputs]) -> np.ndarray:
     """All clips' uint8 patches stacked in request order (the model splits them by grid)."""
-    return np.concatenate([c.pixels for c in clips], axis=0)
+    missing = [i for i, c in enumerate(clips) if c.pixels is None]
+    if missing:
+        raise ValueError(f"clips {missing} carry no pixels (tokenizing-only inputs)")
+    return np.concatenate([c.pixels for c in clips if c.pixels is not None], axis=0)

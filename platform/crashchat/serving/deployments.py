@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import tempfile
 import time
@@ -20,8 +21,9 @@ from ray import serve
 
 from crashchat.config import ServeConfig
 from crashchat.serving.batching import GreedyBatcher
-from crashchat.serving.clip_inputs import ClipInputs, build_clip_inputs, decode_spec
+from crashchat.serving.clip_inputs import ClipInputs, build_clip_inputs
 from crashchat.serving.generation import AdapterBank, BatchGenerator, Question
+from crashchat.video.decode import decode_spec
 
 
 @dataclass
@@ -40,6 +42,9 @@ class Answer:
     model_ms: float
     batch_size: int
     error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
 
 
 class Decoder:
@@ -95,9 +100,10 @@ class Decoder:
             except VideoRejected as exc:
                 return Failure(422, f"video {name}: {exc}")
             start = time.perf_counter()
-            ref = self.decode_fn.remote(
-                path, probe.width, probe.height, probe.frames, self.specs[group]
-            )
+            spec = self.specs[group]
+            if source.get("sampling"):  # per-request fps / max_frames (OpenAI mm_processor_kwargs)
+                spec = dataclasses.replace(spec, **source["sampling"])
+            ref = self.decode_fn.remote(path, probe, spec)
             try:
                 clip = await asyncio.wait_for(ref, timeout=self.cfg.preprocess.decode_timeout_s)
             except (TimeoutError, asyncio.CancelledError) as exc:
@@ -150,12 +156,16 @@ class CheckpointModel:
             threads=max(1, int(settings.num_cpus)),
         )
         self.batcher: GreedyBatcher[Question, Answer] = GreedyBatcher(
-            self._run, settings.max_batch_size, settings.batch_wait_timeout_s
+            self._run,
+            settings.max_batch_size,
+            settings.batch_wait_timeout_s,
+            cost=self.generator.cost,
+            max_batch_tokens=settings.max_batch_tokens,
         )
 
     async def answer(self, question: Question) -> Answer:
         """The answer, from a dynamic batch; a failing batch is retried one question at a time."""
-        return await self.batcher.submit(question)
+        return await self.batcher.submit(question, question.batch_key())
 
     async def _run(self, _key: Any, questions: list[Question]) -> list[Answer]:
         return await asyncio.to_thread(_answer_all, self.generator, questions, None)
@@ -168,9 +178,9 @@ class CheckpointModel:
 def _answer_all(generator: BatchGenerator, questions: list[Question], model: Any) -> list[Answer]:
     start = time.perf_counter()
     try:
-        texts = generator.answer(questions, model)
+        got = generator.answer(questions, model)
         ms = (time.perf_counter() - start) * 1000
-        return [Answer(t, ms, len(questions)) for t in texts]
+        return [_as_answer(g, ms, len(questions)) for g in got]
     except Exception:
         if len(questions) == 1:
             raise
@@ -178,13 +188,24 @@ def _answer_all(generator: BatchGenerator, questions: list[Question], model: Any
     for q in questions:
         one = time.perf_counter()
         try:
-            text = generator.answer([q], model)[0]
-            out.append(Answer(text, (time.perf_counter() - one) * 1000, 1))
+            (g,) = generator.answer([q], model)
+            out.append(_as_answer(g, (time.perf_counter() - one) * 1000, 1))
         except Exception as exc:
             out.append(
                 Answer("", (time.perf_counter() - one) * 1000, 1, f"{type(exc).__name__}: {exc}")
             )
     return out
+
+
+def _as_answer(g: Any, ms: float, batch: int) -> Answer:
+    return Answer(
+        g.text,
+        ms,
+        batch,
+        prompt_tokens=g.prompt_tokens,
+        completion_tokens=g.completion_tokens,
+        finish_reason=g.finish_reason,
+    )
 
 
 class MultiplexedModel:
@@ -210,15 +231,21 @@ class MultiplexedModel:
 
         self.slot = serve.multiplexed(max_num_models_per_replica=cfg.max_models_per_replica)(load)
         self.batcher: GreedyBatcher[Question, Answer] = GreedyBatcher(
-            self._run_batch, settings.max_batch_size, settings.batch_wait_timeout_s
+            self._run_batch,
+            settings.max_batch_size,
+            settings.batch_wait_timeout_s,
+            cost=self.generator.cost,
+            max_batch_tokens=settings.max_batch_tokens,
         )
 
     async def answer(self, question: Question) -> Answer:
         """The answer as the request's checkpoint (a batch holds one checkpoint's requests)."""
-        return await self.batcher.submit(question, serve.get_multiplexed_model_id())
+        return await self.batcher.submit(
+            question, (serve.get_multiplexed_model_id(), question.batch_key())
+        )
 
-    async def _run_batch(self, model_id: Any, questions: list[Question]) -> list[Answer]:
-        slot = await self.slot(str(model_id))
+    async def _run_batch(self, key: Any, questions: list[Question]) -> list[Answer]:
+        slot = await self.slot(str(key[0]))
         return await asyncio.to_thread(self._run, slot.name, questions)
 
     def _run(self, name: str, questions: list[Question]) -> list[Answer]:

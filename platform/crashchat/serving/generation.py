@@ -18,20 +18,37 @@ import torch
 
 from crashchat.data.tasks import AnswerKind, get_task
 from crashchat.serving.clip_inputs import ClipInputs, concat_pixels
+from crashchat.serving.openai_api import Generation
 from crashchat.video.model_inputs import InputBuilder
 
 
 @dataclass
 class Question:
-    """One task asked about one clip."""
+    """One task (or, with ``task`` None, a free-form question) asked about one clip."""
 
     clip: ClipInputs
-    task: str
+    task: str | None
     prompt: str
+    ids: list[int] | None = None  # prompt token ids, once tokenized on the replica
+    generation: Generation | None = None  # per-request settings (OpenAI API); None: greedy
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Questions answered in one ``generate`` call must agree on this."""
+        return self.generation.key() if self.generation else ()
+
+
+@dataclass
+class Generated:
+    """A generated answer and its token counts."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of sequence) or "length" (the token budget ran out)
 
 
 class BatchGenerator:
-    """Greedy answers for a batch of questions from one model."""
+    """Answers for a batch of questions from one model (greedy unless the request asks)."""
 
     def __init__(
         self, loaded: Any, max_new_tokens: int, max_new_tokens_text: int, threads: int = 1
@@ -43,14 +60,31 @@ class BatchGenerator:
         self.limits = (max_new_tokens, max_new_tokens_text)
         pad = self.tokenizer.pad_token_id
         self.pad_id: int = int(self.tokenizer.eos_token_id if pad is None else pad)
+        eos = loaded.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
 
-    def _budget(self, questions: list[Question]) -> int:
-        text = any(get_task(q.task).kind is AnswerKind.TEXT for q in questions)
+    def budget(self, q: Question) -> int:
+        """New tokens the question may generate."""
+        if q.generation and q.generation.max_tokens:
+            return q.generation.max_tokens
+        text = q.task is None or get_task(q.task).kind is AnswerKind.TEXT
         return self.limits[1] if text else self.limits[0]
+
+    def prompt_ids(self, q: Question) -> list[int]:
+        """The question's prompt token ids (video placeholder expanded), computed once."""
+        if q.ids is None:
+            q.ids = self.builder.tokens(q.clip.video, q.prompt, None)[0]
+        return q.ids
+
+    def cost(self, q: Question) -> int:
+        """Tokens the question occupies in a batch: its prompt plus its answer budget."""
+        return len(self.prompt_ids(q)) + self.budget(q)
 
     def inputs(self, questions: list[Question]) -> tuple[dict[str, torch.Tensor], int]:
         """Left-padded model inputs for ``questions`` and the padded prompt length."""
-        ids = [self.builder.tokens(q.clip.video, q.prompt, None)[0] for q in questions]
+        ids = [self.prompt_ids(q) for q in questions]
         width = max(len(i) for i in ids)
         input_ids = torch.tensor(
             [[self.pad_id] * (width - len(i)) + i for i in ids], dtype=torch.long
@@ -71,21 +105,39 @@ class BatchGenerator:
         }
         return {k: v.to(model.device) for k, v in inputs.items()}, width
 
-    def answer(self, questions: list[Question], model: Any = None) -> list[str]:
-        """Greedy answers, in order. ``model`` overrides the loaded one (adapter views)."""
+    def _sampling(self, q: Question) -> dict[str, Any]:
+        g = q.generation
+        if g is None or g.temperature <= 0:
+            return {"do_sample": False}
+        if g.seed is not None:
+            torch.manual_seed(g.seed)
+        return {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p}
+
+    def answer(self, questions: list[Question], model: Any = None) -> list[Generated]:
+        """Answers, in order. ``model`` overrides the loaded one (adapter views).
+
+        The questions of one call share their generation settings (the batcher groups them).
+        """
         if not questions:
             return []
         inputs, width = self.inputs(questions)
         with torch.no_grad():
             out = (model or self.loaded.model).generate(
                 **inputs,
-                max_new_tokens=self._budget(questions),
-                do_sample=False,
+                max_new_tokens=max(self.budget(q) for q in questions),
                 pad_token_id=self.pad_id,
+                **self._sampling(questions[0]),
             )
-        return [
-            str(self.tokenizer.decode(row[width:], skip_special_tokens=True)).strip() for row in out
-        ]
+        return [self._result(q, row[width:]) for q, row in zip(questions, out, strict=True)]
+
+    def _result(self, q: Question, new: torch.Tensor) -> Generated:
+        tokens = new.tolist()
+        end = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
+        kept = tokens[: end if end is not None else self.budget(q)]
+        text = str(self.tokenizer.decode(kept, skip_special_tokens=True)).strip()
+        finish = "stop" if end is not None else "length"
+        used = len(kept) + (1 if end is not None else 0)
+        return Generated(text, len(self.prompt_ids(q)), used, finish)
 
 
 class AdapterBank:

@@ -8,21 +8,22 @@ standalone Ray head (so Serve outlives this process) and records it in a state f
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from crashchat.config import ServeConfig
 from crashchat.local_cluster import enable_token_auth, start_head, stop_head
-from crashchat.serving.catalog import Catalog, deployment_name
+from crashchat.serving.catalog import Catalog
+from crashchat.serving.requests import ExposureError, check_exposure
 
 DEFAULT_STATE = Path("runs/serve/serve-state.json")
-APP_IMPORT_PATH = "crashchat.serving.app:build_app"
 
 
 class ServeSetupError(RuntimeError):
@@ -38,21 +39,6 @@ class ServeState:
     app_name: str
     started_ray: bool
     pid: int
-
-
-def check_exposure(cfg: ServeConfig) -> None:
-    """Binding beyond loopback needs a bearer token in ``cfg.token_env``.
-
-    Raises:
-        ServeSetupError: when the host is not loopback and no token is set.
-    """
-    from crashchat.serving.requests import is_loopback
-
-    if not is_loopback(cfg.host) and not os.environ.get(cfg.token_env):
-        raise ServeSetupError(
-            f"host {cfg.host} is reachable from other machines: set a bearer token in "
-            f"${cfg.token_env} (clients send 'Authorization: Bearer <token>'), or bind 127.0.0.1"
-        )
 
 
 def check_ingress(cfg: ServeConfig) -> None:
@@ -80,6 +66,57 @@ def check_ingress(cfg: ServeConfig) -> None:
         )
 
 
+def orphan_haproxies(config_path: str | None = None) -> list[int]:
+    """PIDs of HAProxy processes Ray Serve started whose Ray is gone.
+
+    Ray's HAProxy ingress runs ``haproxy -f <config>`` as a child of a Serve actor. When that
+    actor is killed outright (SIGKILL, a lost node) the HAProxy lives on, still holding the HTTP
+    port and its stats (8404) and exporter (9101) ports, and the next endpoint cannot start. Its
+    parent is then init (or not a Ray process at all).
+
+    Args:
+        config_path: The HAProxy config Serve writes (``RAY_SERVE_HAPROXY_CONFIG_FILE_LOC``).
+    """
+    import psutil
+
+    config_path = config_path or os.environ.get(
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "/tmp/haproxy-serve/haproxy.cfg"
+    )
+    found = []
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if not any("haproxy" in Path(c).name for c in cmd[:2]):
+            continue
+        if config_path not in [b for a, b in itertools.pairwise(cmd) if a == "-f"]:
+            continue
+        try:
+            parent = psutil.Process(proc.info["ppid"]) if proc.info["ppid"] > 1 else None
+            parent_cmd = " ".join(parent.cmdline()) if parent else ""
+        except psutil.Error:
+            parent_cmd = ""
+        if "ray" not in parent_cmd:
+            found.append(proc.info["pid"])
+    return sorted(found)
+
+
+def reap_orphan_haproxies(config_path: str | None = None) -> list[int]:
+    """Terminate :func:`orphan_haproxies` (SIGTERM, then SIGKILL after 5 s); returns their PIDs."""
+    import psutil
+
+    procs = []
+    for pid in orphan_haproxies(config_path):
+        try:
+            procs.append(psutil.Process(pid))
+            procs[-1].terminate()
+        except psutil.Error:
+            pass
+    _gone, alive = psutil.wait_procs(procs, timeout=5)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    return [p.pid for p in procs]
+
+
 def deploy(catalog: Catalog, cfg: ServeConfig) -> str:
     """Run the application on the connected Ray cluster; returns its URL.
 
@@ -88,9 +125,13 @@ def deploy(catalog: Catalog, cfg: ServeConfig) -> str:
     """
     from ray import serve
 
-    from crashchat.serving.app import build_application
+    from crashchat.serving.builder import build_application
 
     check_ingress(cfg)
+    if cfg.ingress == "haproxy":
+        reaped = reap_orphan_haproxies()
+        if reaped:
+            print(f"stopped HAProxy left behind by a killed Ray: pids {reaped}", file=sys.stderr)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_application(catalog, cfg), name=cfg.app_name, route_prefix="/", blocking=False)
     return f"http://{cfg.host}:{cfg.port}/"
@@ -117,7 +158,10 @@ def serve_up(
     Raises:
         ServeSetupError: exposure without a token, or Ray failing to start.
     """
-    check_exposure(cfg)
+    try:
+        check_exposure(cfg.host, cfg.token_env)
+    except ExposureError as exc:
+        raise ServeSetupError(str(exc)) from None
     if address is None and detach:
         # Before Ray is imported: it reads the auth mode once, and the head uses tokens.
         enable_token_auth()
@@ -130,9 +174,15 @@ def serve_up(
         os.environ.update(cfg.ray_env())  # inherited by the Ray processes started below
     if owned and detach:
         address = start_head(num_cpus)
-    ensure_ray(address, num_cpus)
-    address = ray.get_runtime_context().gcs_address
-    url = deploy(catalog, cfg)
+    try:
+        ensure_ray(address, num_cpus)
+        address = ray.get_runtime_context().gcs_address
+        url = deploy(catalog, cfg)
+    except BaseException:
+        # A failed start must not leave the Ray it started behind (a detached head outlives us).
+        if owned:
+            _stop_owned_ray(address if detach else None)
+        raise
     state = ServeState(address, url, cfg.app_name, owned, os.getpid())
     if detach:
         state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -141,12 +191,27 @@ def serve_up(
     return state
 
 
+def _stop_owned_ray(head: str | None) -> None:
+    """Shut down Serve and the Ray this process started (and the detached head, if any)."""
+    import ray
+    from ray import serve
+
+    with contextlib.suppress(Exception):
+        if ray.is_initialized():
+            serve.shutdown()
+    ray.shutdown()
+    if head:
+        with contextlib.suppress(Exception):
+            stop_head(head)
+
+
 def serve_down(state: ServeState | None = None, state_file: Path = DEFAULT_STATE) -> ServeState:
     """Stop Serve and the Ray that ``serve up`` started.
 
     Raises:
         ServeSetupError: when nothing is recorded as running.
     """
+    recorded = state is None
     if state is None:
         if not state_file.is_file():
             raise ServeSetupError(f"{state_file}: no detached endpoint is recorded")
@@ -156,6 +221,10 @@ def serve_down(state: ServeState | None = None, state_file: Path = DEFAULT_STATE
     import ray
     from ray import serve
 
+    if recorded and state.started_ray and not _gcs_reachable(state.address):
+        # The head is gone (a reboot, a kill): nothing to shut down, only a stale record.
+        state_file.unlink(missing_ok=True)
+        return state
     if not ray.is_initialized():
         ray.init(address=state.address, log_to_driver=False, configure_logging=False)
     if state.started_ray:
@@ -165,71 +234,67 @@ def serve_down(state: ServeState | None = None, state_file: Path = DEFAULT_STATE
     ray.shutdown()
     if state.started_ray and state.pid != os.getpid():
         stop_head(state.address)
-    state_file.unlink(missing_ok=True)
+    if recorded:  # a foreground endpoint never touches another endpoint's record
+        state_file.unlink(missing_ok=True)
     return state
+
+
+def _gcs_reachable(address: str) -> bool:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=0.5):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def stop_foreground(state: ServeState, timeout_s: float) -> str:
+    """``serve_down`` for a foreground ``serve up``, bounded by ``timeout_s``.
+
+    A SIGTERM to the whole process group (systemd's default ``KillMode=control-group``) reaches
+    Ray's own processes too; Serve's graceful shutdown would then wait out its timeouts for a
+    controller that is gone (about 60 s). So the graceful path runs only while the GCS answers,
+    and whatever is still up after ``timeout_s`` (or once the GCS stops answering) is killed
+    when this process started that Ray (a joined cluster is left alone).
+
+    Returns:
+        ``"stopped"`` (graceful), ``"killed"`` (Ray's processes had to be killed) or
+        ``"abandoned"`` (a joined cluster did not confirm in time: the app may still run there).
+        Unless ``"stopped"``, the caller should leave with ``os._exit``: Ray's exit hooks may
+        wait on the dead cluster too.
+    """
+    import threading
+
+    if _gcs_reachable(state.address):
+        worker = threading.Thread(target=serve_down, args=(state,), daemon=True)
+        worker.start()
+        deadline = time.monotonic() + timeout_s
+        while worker.is_alive() and time.monotonic() < deadline:
+            worker.join(0.5)
+            if worker.is_alive() and not _gcs_reachable(state.address):
+                break
+        if not worker.is_alive():
+            return "stopped"
+    if not state.started_ray:  # never kill a cluster we only joined
+        return "abandoned"
+    stop_head(state.address, timeout_s=5.0)
+    return "killed"
+
+
+def live_endpoint(state_file: Path) -> ServeState | None:
+    """The detached endpoint recorded in ``state_file`` when its Ray still answers, else None."""
+    if not state_file.is_file():
+        return None
+    try:
+        state = ServeState(**json.loads(state_file.read_text()))
+    except (ValueError, TypeError):
+        return None
+    return state if _gcs_reachable(state.address) else None
 
 
 def wait_forever(stop: Any) -> None:
     """Sleep until ``stop()`` is true (set by a signal handler)."""
     while not stop():
         time.sleep(0.2)
-
-
-def deployment_settings(catalog: Catalog | None, cfg: ServeConfig) -> list[dict[str, Any]]:
-    """The ``deployments`` section of a Serve config: every deployment's scaling and resources.
-
-    Without a catalog (checkpoints resolved on the cluster, e.g. from the registry) the model
-    deployments are left out: their settings travel in ``args.config`` instead.
-    """
-    from crashchat.serving.app import _deployment_options
-
-    named = [("router", cfg.router), ("decoder", cfg.decoder)]
-    if cfg.mode == "multiplexed":
-        named.append(("model_multiplexed", cfg.model))
-    elif catalog is not None:
-        named += [(deployment_name(n), cfg.replica(n)) for n in catalog.names]
-    out = []
-    for name, settings in named:
-        opts = _deployment_options(settings, name, cfg.replica_env())
-        out.append(opts)
-    return out
-
-
-def build_serve_config(
-    catalog: Catalog | None, cfg: ServeConfig, source: dict[str, Any]
-) -> dict[str, Any]:
-    """A Serve config file (``serve run`` / ``serve deploy`` / RayService ``serveConfigV2``).
-
-    ``source`` is how the cluster finds the checkpoints: ``{"checkpoints": DIR}``,
-    ``{"registry": EXPERIMENT, ...}`` or ``{"catalog": catalog.to_args()}``.
-    """
-    return {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": cfg.host, "port": cfg.port},
-        "applications": [
-            {
-                "name": cfg.app_name,
-                "route_prefix": "/",
-                "import_path": APP_IMPORT_PATH,
-                "args": {"config": cfg.model_dump(mode="json"), **source},
-                "deployments": deployment_settings(catalog, cfg),
-            }
-        ],
-    }
-
-
-def write_serve_config(config: dict[str, Any], out: Path) -> Path:
-    """Validate ``config`` with Ray's own schema and write it as YAML.
-
-    Raises:
-        pydantic.ValidationError: when Ray's ``ServeDeploySchema`` rejects it.
-    """
-    from ray.serve.schema import ServeDeploySchema
-
-    ServeDeploySchema.model_validate(config) if hasattr(
-        ServeDeploySchema, "model_validate"
-    ) else ServeDeploySchema.parse_obj(config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    header = "# Generated by `crashchat serve config`; deploy with `serve deploy` or `serve run`.\n"
-    out.write_text(header + yaml.safe_dump(config, sort_keys=False))
-    return out

@@ -32,14 +32,38 @@ def is_loopback(host: str) -> bool:
     return host in LOOPBACK or host.startswith("127.")
 
 
+class ExposureError(ValueError):
+    """An endpoint would be reachable from other machines without a token."""
+
+
+def check_exposure(host: str, token_env: str) -> None:
+    """Binding beyond loopback needs a bearer token in the environment variable ``token_env``.
+
+    Raises:
+        ExposureError: when ``host`` is not loopback and no token is set.
+    """
+    if not is_loopback(host) and not os.environ.get(token_env):
+        raise ExposureError(
+            f"host {host} is reachable from other machines: set a bearer token in "
+            f"${token_env} (clients send 'Authorization: Bearer <token>'), or bind 127.0.0.1"
+        )
+
+
 class RequestError(Exception):
     """A request the platform refuses; ``status`` is the HTTP status code."""
 
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.headers = headers or {}
+        self.param = param  # the request field at fault (OpenAI's error "param")
 
 
 @dataclass
@@ -94,20 +118,24 @@ def check_media_type(content_type: str | None, filename: str) -> None:
 
 
 async def limited_stream(
-    stream: AsyncIterator[bytes], limit_bytes: int, declared: str | None
+    stream: AsyncIterator[bytes], limit_bytes: int, declared: str | None, what: str | None = None
 ) -> AsyncGenerator[bytes, None]:
     """``stream`` that stops with 413 once more than ``limit_bytes`` arrived.
 
-    A ``Content-Length`` above the limit is refused before reading anything.
+    A ``Content-Length`` above the limit is refused before reading anything. ``what`` explains
+    the limit in the message.
     """
     limit_mb = limit_bytes / 2**20
+    why = f": {what}" if what else ""
     if declared and declared.isdigit() and int(declared) > limit_bytes:
-        raise RequestError(413, f"request body of {int(declared)} bytes is above {limit_mb:g} MiB")
+        raise RequestError(
+            413, f"request body of {int(declared)} bytes is above {limit_mb:.3g} MiB{why}"
+        )
     seen = 0
     async for chunk in stream:
         seen += len(chunk)
         if seen > limit_bytes:
-            raise RequestError(413, f"request body is above the {limit_mb:g} MiB limit")
+            raise RequestError(413, f"request body is above the {limit_mb:.3g} MiB limit{why}")
         yield chunk
 
 

@@ -135,8 +135,16 @@ class Tracker:
             }
         )
 
-    def register(self, key: str, model_name: str, alias: str, artifact_path: str) -> None:
-        """Queue registering the run's ``artifact_path`` as a version of ``model_name``."""
+    def register(
+        self,
+        key: str,
+        model_name: str,
+        alias: str,
+        artifact_path: str,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """Queue registering the run's ``artifact_path`` as a version of ``model_name`` (with
+        ``tags`` on the version)."""
         self.ops.append(
             {
                 "op": "register",
@@ -144,8 +152,13 @@ class Tracker:
                 "model_name": model_name,
                 "alias": alias,
                 "artifact_path": artifact_path,
+                "tags": {k: str(v) for k, v in (tags or {}).items()},
             }
         )
+
+    def log_input(self, key: str, dataset: dict[str, Any]) -> None:
+        """Queue a dataset input of run ``key`` (from :func:`crashchat.tracking.lineage.dataset_input`)."""
+        self.ops.append({"op": "input", "key": key, **dataset})
 
     def end_run(self, key: str, status: str = "FINISHED") -> None:
         """Queue closing the run."""
@@ -250,6 +263,8 @@ class Tracker:
             self.client.log_artifacts(run_id, op["local_dir"], op["artifact_path"])
         elif kind == "register":
             self._register(run_id, op)
+        elif kind == "input":
+            self._log_input(run_id, op)
         elif kind == "end":
             self.client.set_terminated(run_id, status=op["status"])
         else:
@@ -279,8 +294,20 @@ class Tracker:
             if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
                 raise
         source = f"{self.client.get_run(run_id).info.artifact_uri}/{op['artifact_path']}"
-        version = self.client.create_model_version(name, source, run_id=run_id)
+        version = self.client.create_model_version(
+            name, source, run_id=run_id, tags=op.get("tags") or None
+        )
         self.client.set_registered_model_alias(name, op["alias"], version.version)
+
+    def _log_input(self, run_id: str, op: dict[str, Any]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(
+            op["name"], op["digest"], op["source_type"], op["source"], profile=op.get("profile")
+        )
+        tags = [InputTag("mlflow.data.context", op["context"])]
+        tags += [InputTag(k, v) for k, v in op.get("tags", {}).items()]
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
 
 
 def sync_pending(path: str | Path, uri: str | None = None) -> Tracker:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,15 +22,18 @@ from typing import Any
 import torch
 
 from crashchat.config import TrainConfig
+from crashchat.models.checkpoint import write_trainables
 from crashchat.models.loading import load_model
 from crashchat.models.lora import apply_lora, count_parameters, trainable_state
 from crashchat.tracking import Tracker
 from crashchat.training.deepspeed_config import build_deepspeed_config
 from crashchat.video.model_inputs import IGNORE_INDEX, PixelNorm
-from crashchat.video.samples import collate_rows
+from crashchat.video.samples import ClipStore, collate_rows
 
 STATE_FILE = "state.json"
 EXPORT_DIR = "export"
+BEST_DIR = "best"  # the best step's export, carried by every later checkpoint
+BEST_STEP_FILE = "step.json"
 DS_DIR = "ds"
 DS_TAG = "state"
 SCHEDULER_NAMES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -49,6 +53,7 @@ class RunSpec:
     pixel_norm: dict[str, Any]
     run_key: str
     tracking: dict[str, Any]
+    data_dir: str = ""  # where the clips are read from (records stream in without pixels)
 
 
 @dataclass
@@ -119,13 +124,37 @@ def _micro_batches(shard: Any, micro: int, seed: int) -> Iterator[list[dict[str,
             pending = pending[micro:]
 
 
-def _all_reduce(values: list[float]) -> list[float]:
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum ``values`` over all workers; the tensor lives on ``device``, the worker's own.
+
+    NCCL reduces CUDA tensors only (a CPU tensor fails at the first step on GPU workers); gloo
+    reduces CPU tensors. Every collective of the loop goes through here with ``Worker.device``.
+    """
     import torch.distributed as dist
 
-    tensor = torch.tensor(values, dtype=torch.float64)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(tensor)
-    return tensor.tolist()
+    return tensor.cpu().tolist()
+
+
+def _windows(
+    micro_batches: Iterator[list[dict[str, Any]]], size: int
+) -> Iterator[list[list[dict[str, Any]]]]:
+    """Group micro-batches into optimizer steps (the last group may be short)."""
+    window: list[list[dict[str, Any]]] = []
+    for rows in micro_batches:
+        window.append(rows)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def supervised_tokens(labels: torch.Tensor) -> int:
+    """Tokens that carry a loss in a batch (the next-token targets that are not ignored)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 class RayTrainEnv:
@@ -164,7 +193,6 @@ class Worker:
 
     def __init__(self, spec: RunSpec, env: Any = None) -> None:
         import deepspeed
-        from transformers import get_scheduler
 
         self.spec = spec
         self.cfg = cfg = TrainConfig.model_validate(spec.config)
@@ -182,6 +210,7 @@ class Worker:
             dtype=cfg.precision,
             attention=cfg.attention,
             device=str(self.device),
+            supervised_logits_only=cfg.supervised_logits_only,
         )
         self.dtype_name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(loaded.dtype, "fp32")
         self.pad_id = int(loaded.processor.tokenizer.pad_token_id or 0)
@@ -194,6 +223,25 @@ class Worker:
         model.train()
         self.trainable, self.total_params = count_parameters(model)
         self.steps_per_epoch, self.total_steps = plan_steps(spec, cfg, self.world)
+        self.engine = self._build_engine(model)
+        self.norm = PixelNorm(**spec.pixel_norm)
+        self.clips = ClipStore(spec.data_dir)  # each worker reads the clips of its own records
+        self.train_shard = env.shard("train")
+        self.val_shard = env.shard("val")
+        self.state = TrainState(tracking=spec.tracking)
+        # Rank 0 keeps the best step's export here and puts a copy in every later checkpoint,
+        # so keeping only the newest checkpoints never loses the best one.
+        self.best_dir = Path(tempfile.mkdtemp(prefix="crashchat-best-"))
+        self._resume(env)
+        self.tracker = self._build_tracker()
+        self.monitor = self._start_system_metrics()
+
+    def _build_engine(self, model: Any) -> Any:
+        """The DeepSpeed engine: AdamW (or DeepSpeed's offloaded one), warmup schedule, config."""
+        import deepspeed
+        from transformers import get_scheduler
+
+        cfg = self.cfg
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = None
         if not cfg.deepspeed.offload_optimizer:
@@ -210,38 +258,68 @@ class Worker:
                 num_training_steps=self.total_steps,
             )
 
-        self.engine, _, _, _ = deepspeed.initialize(
+        engine, _, _, _ = deepspeed.initialize(
             model=model,
             model_parameters=params,
             optimizer=optimizer,
             lr_scheduler=schedule,
             config=build_deepspeed_config(cfg, self.world, self.dtype_name),
         )
-        self.norm = PixelNorm(**spec.pixel_norm)
-        self.train_shard = env.shard("train")
-        self.val_shard = env.shard("val")
-        self.state = TrainState(tracking=spec.tracking)
+        return engine
+
+    def _resume(self, env: Any) -> None:
+        """Continue from the run's last checkpoint, when Ray Train restarted the workers."""
         with env.resume_dir() as ckpt_dir:
             if ckpt_dir is not None:
                 self.engine.load_checkpoint(
                     os.path.join(ckpt_dir, DS_DIR), tag=DS_TAG, load_module_strict=False
                 )
                 self.state = TrainState.load(ckpt_dir / STATE_FILE)
+                if self.rank == 0:
+                    _restore_best(ckpt_dir, self.state, self.best_dir)
         self.state.attempts += 1
-        self.tracker: Tracker | None = None
-        if self.rank == 0:
-            t = self.state.tracking
-            self.tracker = Tracker(
-                t["uri"],
-                timeout_s=cfg.tracking.request_timeout_s,
-                retry_interval_s=cfg.tracking.retry_interval_s,
-                ops=t.get("ops"),
-                run_ids=t.get("run_ids"),
-                # A restart may replay what already reached the store; never log a step twice.
-                skip_logged_steps=self.state.attempts > 1,
+
+    def _build_tracker(self) -> Tracker | None:
+        """Rank 0's tracker, continuing the driver's journal (None on the other ranks)."""
+        if self.rank != 0:
+            return None
+        t = self.state.tracking
+        return Tracker(
+            t["uri"],
+            timeout_s=self.cfg.tracking.request_timeout_s,
+            retry_interval_s=self.cfg.tracking.retry_interval_s,
+            ops=t.get("ops"),
+            run_ids=t.get("run_ids"),
+            # A restart may replay what already reached the store; never log a step twice.
+            skip_logged_steps=self.state.attempts > 1,
+        )
+
+    def _start_system_metrics(self) -> Any:
+        """MLflow's system-metrics monitor on rank 0 (CPU, memory, disk, network; GPU with
+        pynvml), so the run's resource use sits next to its loss. Best effort: it logs directly,
+        and its samples are lost while the tracking server is down."""
+        interval = self.cfg.tracking.system_metrics_interval_s
+        run_id = self.tracker.run_id(self.spec.run_key) if self.tracker else None
+        if interval is None or run_id is None:
+            return None
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(
+                run_id,
+                sampling_interval=interval,
+                resume_logging=self.state.attempts > 1,
+                tracking_uri=self.tracker.uri if self.tracker else None,
             )
+            monitor.start()
+            return monitor
+        except Exception:  # e.g. no psutil on the node: training goes on without them
+            return None
 
     # -- phases --------------------------------------------------------------------------------
+    def _collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return collate_rows(self.clips.attach(rows), self.norm, self.pad_id)
+
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {k: v.to(self.device) for k, v in batch.items()}
         if self.dtype_name != "fp32":
@@ -254,43 +332,61 @@ class Worker:
         cfg, state = self.cfg, self.state
         accum = cfg.grad_accum_steps
         micro_per_epoch = self.steps_per_epoch * accum
-        sums = [0.0, 0.0, 0.0, 0.0]  # loss, micro-batches, tokens, samples
         started = time.perf_counter()
         while state.step < self.total_steps and not state.stopped_early:
             consumed = 0
-            for rows in _micro_batches(
+            micro = _micro_batches(
                 self.train_shard, cfg.schedule.micro_batch_size, cfg.seed + state.epoch
-            ):
-                consumed += 1
+            )
+            for window in _windows(micro, accum):
+                consumed += len(window)
                 if consumed <= state.micro_in_epoch:
                     continue  # already trained on before the restart
                 if consumed > micro_per_epoch:
                     continue  # drain the epoch's remainder: every split must finish its epoch
-                batch = self._to_device(collate_rows(rows, self.norm, self.pad_id))
-                loss = self.engine(**batch).loss
-                self.engine.backward(loss)
-                self.engine.step()
+                sums = self._train_step(window)
                 state.micro_in_epoch = consumed
-                sums = [
-                    sums[0] + float(loss.detach()),
-                    sums[1] + 1,
-                    sums[2] + float(batch["attention_mask"].sum()),
-                    sums[3] + len(rows),
-                ]
-                if consumed % accum:
-                    continue
-                elapsed = time.perf_counter() - started
-                self._record_step(sums, elapsed)
-                sums, started = [0.0, 0.0, 0.0, 0.0], time.perf_counter()
+                self._record_step(sums, time.perf_counter() - started)
+                started = time.perf_counter()
                 if self._after_step():
                     break
             if state.micro_in_epoch >= micro_per_epoch or consumed < micro_per_epoch:
                 state.epoch += 1
                 state.micro_in_epoch = 0
+        if self.monitor is not None:
+            self.monitor.finish()
         self._save(final=True)
 
+    def _train_step(self, window: list[list[dict[str, Any]]]) -> list[float]:
+        """One optimizer step over ``window``'s micro-batches; (loss, micro-batches, tokens, samples).
+
+        With ``loss_reduction: tokens`` (upstream: HF Trainer's ``num_items_in_batch``) each
+        micro-batch's loss is its summed cross-entropy divided by the supervised tokens of the
+        whole step on all workers (times workers x accumulation, which DeepSpeed divides out
+        again), so the step's gradient is the token mean over the global batch: a 100-token
+        prevention answer weighs 50 times a "Yes". With ``samples`` each sample's token mean
+        counts once.
+        """
+        batches = [self._to_device(self._collate(rows)) for rows in window]
+        extra: dict[str, Any] = {}
+        if self.cfg.loss_reduction == "tokens":
+            local = float(sum(supervised_tokens(b["labels"]) for b in batches))
+            (total,) = all_reduce_sum([local], self.device)
+            share = max(total, 1.0) / (self.world * self.cfg.grad_accum_steps)
+            extra["num_items_in_batch"] = torch.tensor(share, device=self.device)
+        sums = [0.0, 0.0, 0.0, 0.0]  # loss, micro-batches, tokens, samples
+        for rows, batch in zip(window, batches, strict=True):
+            loss = self.engine(**batch, **extra).loss
+            self.engine.backward(loss)
+            self.engine.step()
+            sums[0] += float(loss.detach())
+            sums[1] += 1
+            sums[2] += float(batch["attention_mask"].sum())
+            sums[3] += len(rows)
+        return sums
+
     def _record_step(self, sums: list[float], elapsed: float) -> None:
-        total = _all_reduce([*sums, elapsed])
+        total = all_reduce_sum([*sums, elapsed], self.device)
         loss, micro, tokens, samples, wall = total
         wall = max(wall / self.world, 1e-9)
         self.state.step += 1
@@ -329,12 +425,12 @@ class Worker:
                 if seen >= cap:
                     continue  # drain the shard: every worker must finish its epoch of val
                 seen += len(rows)
-                batch = self._to_device(collate_rows(rows, self.norm, self.pad_id))
-                n = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+                batch = self._to_device(self._collate(rows))
+                n = float(supervised_tokens(batch["labels"]))
                 loss_sum += float(self.engine(**batch).loss) * n
                 tokens += n
         self.engine.train()
-        loss_sum, tokens = _all_reduce([loss_sum, tokens])
+        loss_sum, tokens = all_reduce_sum([loss_sum, tokens], self.device)
         if tokens == 0:
             return False
         eval_loss = loss_sum / tokens
@@ -373,8 +469,6 @@ class Worker:
                 entry["logged"] = 1
 
     def _save(self, final: bool = False) -> None:
-        from safetensors.torch import save_file
-
         state = self.state
         with tempfile.TemporaryDirectory(prefix="crashchat-ckpt-") as tmp:
             root = Path(tmp)
@@ -385,12 +479,8 @@ class Worker:
                 adapter, non_lora = trainable_state(self.engine.module)
             if self.rank == 0:
                 assert self.tracker is not None
-                export = root / EXPORT_DIR
-                export.mkdir()
-                if adapter is not None:
-                    self.engine.module.save_pretrained(str(export / "adapter"), state_dict=adapter)
-                if non_lora:
-                    save_file(non_lora, str(export / "non_lora_trainables.safetensors"))
+                export = write_trainables(root / EXPORT_DIR, self.engine.module, adapter, non_lora)
+                self._keep_best(export, root)
                 self._queue_metrics()
                 if final:
                     # No restart follows the final report, so what is sent now is never resent.
@@ -407,6 +497,46 @@ class Worker:
             self.env.report(metrics, root)
         if self.tracker is not None and not final:
             self.tracker.flush()
+
+    def _keep_best(self, export: Path, root: Path) -> None:
+        """Refresh the kept best export when this step is the best; else copy it in as ``best/``."""
+        best = self.state.best_step
+        if best is None:
+            return
+        if best == self.state.step:
+            shutil.rmtree(self.best_dir, ignore_errors=True)
+            shutil.copytree(export, self.best_dir)
+            (self.best_dir / BEST_STEP_FILE).write_text(json.dumps({"step": best}))
+        elif (self.best_dir / BEST_STEP_FILE).is_file():
+            shutil.copytree(self.best_dir, root / BEST_DIR)
+
+
+def _restore_best(ckpt_dir: Path, state: TrainState, best_dir: Path) -> None:
+    """After a restart: the best export the resumed checkpoint knows about becomes the kept one."""
+    if state.best_step is None:
+        return
+    source = ckpt_dir / (EXPORT_DIR if state.best_step == state.step else BEST_DIR)
+    if source.is_dir():
+        shutil.rmtree(best_dir, ignore_errors=True)
+        shutil.copytree(source, best_dir)
+        (best_dir / BEST_STEP_FILE).write_text(json.dumps({"step": state.best_step}))
+
+
+def best_export(checkpoint: Path) -> tuple[Path, TrainState]:
+    """The export of the best step (lowest eval loss; the last without validation) in the newest
+    checkpoint of a run, and that checkpoint's training state.
+
+    Raises:
+        FileNotFoundError: when the checkpoint lacks the best step's weights.
+    """
+    state = TrainState.load(checkpoint / STATE_FILE)
+    if state.best_step is None or state.best_step == state.step:
+        return checkpoint / EXPORT_DIR, state
+    best = checkpoint / BEST_DIR
+    step_file = best / BEST_STEP_FILE
+    if not step_file.is_file() or json.loads(step_file.read_text())["step"] != state.best_step:
+        raise FileNotFoundError(f"{checkpoint}: no export of the best step {state.best_step}")
+    return best, state
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

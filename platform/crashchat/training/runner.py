@@ -9,7 +9,6 @@ as alias.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -17,20 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from crashchat.config import TrainConfig
 from crashchat.data.tasks import Mixture, get_mixture, get_task, mixtures_for_strategy
-from crashchat.models.checkpoint import (
-    ADAPTER_DIR,
-    CONFIG_FILE,
-    NON_LORA_FILE,
-    PROCESSOR_DIR,
-    PROMPTS_FILE,
-    CheckpointWriter,
-)
+from crashchat.models.checkpoint import write_platform_checkpoint
 from crashchat.tracking import PENDING_FILE, Tracker, resolve_tracking_uri
-from crashchat.training.loop import EXPORT_DIR, STATE_FILE, RunSpec, TrainState
+from crashchat.tracking.lineage import dataset_digest, dataset_input, source_tags
+from crashchat.training.loop import RunSpec, TrainState, best_export
 from crashchat.video.samples import load_manifest, read_samples
 
 
@@ -141,6 +132,7 @@ def build_run_spec(
     base_model: str,
     run_key: str,
     tracking: dict[str, Any],
+    data_dir: str = "",
 ) -> RunSpec:
     """What every worker of one mixture's run receives."""
     tasks = list(mixture.tasks)
@@ -155,6 +147,7 @@ def build_run_spec(
         pixel_norm=manifest["pixel_norm"],
         run_key=run_key,
         tracking=tracking,
+        data_dir=data_dir,
     )
 
 
@@ -164,43 +157,6 @@ def _prompts_for(data_dir: Path, tasks: list[str]) -> dict[str, Any]:
     if isinstance(prompts, dict) and "prompts" in prompts:
         prompts = prompts["prompts"]
     return {t: prompts[t] for t in tasks if t in prompts}
-
-
-def _find_export(result: Any, step: int | None) -> tuple[Path, TrainState]:
-    """The export folder of the checkpoint at ``step`` (else the newest) and the final state."""
-    latest = Path(result.checkpoint.path)
-    final_state = TrainState.load(latest / STATE_FILE)
-    chosen = latest
-    if step is not None:
-        for ckpt, metrics in result.best_checkpoints:
-            if int(metrics.get("step", -1)) == step:
-                chosen = Path(ckpt.path)
-    return chosen / EXPORT_DIR, final_state
-
-
-def write_platform_checkpoint(
-    dest: Path,
-    export: Path,
-    base_model: str,
-    processor_source: str,
-    prompts: dict[str, Any],
-    cfg: TrainConfig,
-    meta: dict[str, Any],
-) -> None:
-    """Assemble the platform checkpoint at ``dest`` atomically from a worker export."""
-    from transformers import AutoProcessor
-
-    with CheckpointWriter(dest, {"base_model": base_model, **meta}) as writer:
-        stage = writer.staging
-        if (export / "adapter").is_dir():
-            shutil.copytree(export / "adapter", stage / ADAPTER_DIR)
-        if (export / NON_LORA_FILE).is_file():
-            shutil.copy2(export / NON_LORA_FILE, stage / NON_LORA_FILE)
-        AutoProcessor.from_pretrained(processor_source).save_pretrained(str(stage / PROCESSOR_DIR))
-        (stage / PROMPTS_FILE).write_text(json.dumps(prompts, indent=2, sort_keys=True))
-        (stage / CONFIG_FILE).write_text(
-            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-        )
 
 
 class TrainingRun:
@@ -226,50 +182,91 @@ class TrainingRun:
         self.on_event = on_event or (lambda _msg: None)
         uri = resolve_tracking_uri(cfg.tracking.uri, runs_root)
         self.tracker = Tracker(uri, timeout_s=cfg.tracking.request_timeout_s, retry_interval_s=0)
+        self.source = source_tags()
+        # Registered versions say which data and which code made them.
+        self.version_tags = {"dataset_digest": dataset_digest(self.manifest)}
+        if "crashchat.git.commit" in self.source:
+            self.version_tags["git_commit"] = self.source["crashchat.git.commit"]
 
     def train(self, mixture: Mixture) -> MixtureResult:
-        """Train one mixture to its platform checkpoint."""
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchConfig, TorchTrainer
-
-        from crashchat.training.loop import train_loop_per_worker
-
-        cfg, tasks = self.cfg, list(mixture.tasks)
+        """Train one mixture to its platform checkpoint: open its run, fit, publish."""
         started = time.perf_counter()
-        result = MixtureResult(mixture.name, mixture.strategy, tasks, None, None)
-        train_rows = _row_counts(self.manifest, tasks, cfg.train_split)
-        val_rows = _row_counts(self.manifest, tasks, cfg.val_split)
-        epochs = _epochs(cfg, mixture)
         key = f"{mixture.name}-{uuid.uuid4().hex[:8]}"
+        spec = self._open_run(mixture, key)
+        self.on_event(
+            f"{mixture.name}: {spec.train_rows} train / {spec.val_rows} val samples, "
+            f"{spec.epochs:g} epochs"
+        )
+        fit = self._build_trainer(mixture, spec).fit()
+        if fit.checkpoint is None:
+            raise RuntimeError(f"{mixture.name}: training reported no checkpoint")
+        export, state = best_export(Path(fit.checkpoint.path))
+        dest = self._publish(mixture, key, export, state)
+        return MixtureResult(
+            mixture.name,
+            mixture.strategy,
+            list(mixture.tasks),
+            str(dest),
+            self.tracker.run_id(key),
+            steps=state.step,
+            best_step=state.best_step,
+            best_eval_loss=state.best_eval_loss,
+            stopped_early=state.stopped_early,
+            attempts=state.attempts,
+            seconds=time.perf_counter() - started,
+            history=state.history,
+            evals=state.evals,
+        )
+
+    def _open_run(self, mixture: Mixture, key: str) -> RunSpec:
+        """Create the mixture's MLflow run (tags, datasets, params); the workers' spec."""
+        cfg = self.cfg
+        spec = build_run_spec(
+            cfg, self.manifest, mixture, self.base_model, key, {}, str(self.data_dir)
+        )
         self.tracker.create_run(
             key,
             cfg.tracking.experiment,
             mixture.name,
-            tags={"mixture": mixture.name, "strategy": mixture.strategy},
+            tags={"mixture": mixture.name, "strategy": mixture.strategy, **self.source},
         )
+        for context, split in (("training", cfg.train_split), ("validation", cfg.val_split)):
+            self.tracker.log_input(
+                key,
+                dataset_input(
+                    self.data_dir, self.manifest, context, mixture=mixture.name, split=split
+                ),
+            )
         self.tracker.log(
             key,
             params={
                 "mixture": mixture.name,
                 "strategy": mixture.strategy,
-                "tasks": ",".join(tasks),
+                "tasks": ",".join(spec.tasks),
                 "base_model": self.base_model,
                 "data": str(self.data_dir),
-                "train_samples": train_rows,
-                "val_samples": val_rows,
-                "epochs_for_mixture": epochs,
+                "train_samples": spec.train_rows,
+                "val_samples": spec.val_rows,
+                "epochs_for_mixture": spec.epochs,
                 **cfg.model_dump(mode="json"),
             },
         )
         self.tracker.flush(force=True)
-        spec = build_run_spec(
-            cfg, self.manifest, mixture, self.base_model, key, self.tracker.pending()
-        )
+        spec.tracking = self.tracker.pending()
         # The worker continues the journal from here; the driver picks it up after the fit.
         self.tracker.ops = []
+        return spec
+
+    def _build_trainer(self, mixture: Mixture, spec: RunSpec) -> Any:
+        """The TorchTrainer of one mixture: its workers, collectives, storage and datasets."""
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        from crashchat.training.loop import train_loop_per_worker
+
+        cfg, sc, tasks = self.cfg, self.cfg.scaling, list(mixture.tasks)
         storage = Path(cfg.storage_path or self.output / "_ray").resolve()
-        sc = cfg.scaling
-        trainer = TorchTrainer(
+        return TorchTrainer(
             train_loop_per_worker,
             train_loop_config=asdict(spec),
             scaling_config=ScalingConfig(
@@ -279,7 +276,7 @@ class TrainingRun:
             ),
             torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
             run_config=RunConfig(
-                name=f"{key}-{time.strftime('%Y%m%d-%H%M%S')}",
+                name=f"{spec.run_key}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=str(storage),
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=CheckpointConfig(
@@ -291,12 +288,10 @@ class TrainingRun:
                 "val": read_samples(self.data_dir, tasks, [cfg.val_split]),
             },
         )
-        self.on_event(
-            f"{mixture.name}: {train_rows} train / {val_rows} val samples, {epochs:g} epochs"
-        )
-        fit = trainer.fit()
-        export, state = _find_export(fit, None)
-        export, _ = _find_export(fit, state.best_step)
+
+    def _publish(self, mixture: Mixture, key: str, export: Path, state: TrainState) -> Path:
+        """Write the platform checkpoint, close the run (metrics, artifacts, registry)."""
+        cfg = self.cfg
         # Continue the worker's journal (its unsent operations come first).
         t = state.tracking
         self.tracker.run_ids.update(t.get("run_ids", {}))
@@ -305,7 +300,7 @@ class TrainingRun:
         meta = {
             "mixture": mixture.name,
             "strategy": mixture.strategy,
-            "tasks": tasks,
+            "tasks": list(mixture.tasks),
             "step": state.best_step or state.step,
             "steps_trained": state.step,
             "eval_loss": state.best_eval_loss,
@@ -314,16 +309,11 @@ class TrainingRun:
             "mlflow_run_id": self.tracker.run_id(key),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        prompts = _prompts_for(self.data_dir, list(mixture.tasks))
+        config = cfg.model_dump(mode="json")
         write_platform_checkpoint(
-            dest,
-            export,
-            self.base_model,
-            self.base_model,
-            _prompts_for(self.data_dir, tasks),
-            cfg,
-            meta,
+            dest, export, self.base_model, self.base_model, prompts, config, meta
         )
-        result.checkpoint = str(dest)
         final: dict[str, float] = {"steps": state.step, "attempts": state.attempts}
         if state.best_eval_loss is not None:
             final["best_eval_loss"] = state.best_eval_loss
@@ -332,16 +322,15 @@ class TrainingRun:
             self.tracker.log_artifacts(key, dest, "checkpoint")
             if cfg.tracking.registered_model:
                 self.tracker.register(
-                    key, cfg.tracking.registered_model, mixture.name, "checkpoint"
+                    key,
+                    cfg.tracking.registered_model,
+                    mixture.name,
+                    "checkpoint",
+                    tags=self.version_tags,
                 )
         self.tracker.end_run(key)
         self.tracker.flush(force=True)
-        result.run_id = self.tracker.run_id(key)
-        result.steps, result.best_step = state.step, state.best_step
-        result.best_eval_loss, result.stopped_early = state.best_eval_loss, state.stopped_early
-        result.attempts, result.history, result.evals = state.attempts, state.history, state.evals
-        result.seconds = time.perf_counter() - started
-        return result
+        return dest
 
     def finish(self) -> str | None:
         """Save unsent tracking operations; a note for the user when any remain."""

@@ -67,11 +67,27 @@ class PixelNorm:
 class VideoInputs:
     """One processed clip, shared by all its records."""
 
-    pixels: np.ndarray  # (num_patches, patch_dim) uint8
+    pixels: np.ndarray | None  # (num_patches, patch_dim) uint8; None when only tokenizing
     grid_thw: list[int]
     merge_size: int
     compression_mask: list[bool]
     placeholder: str  # replaces the single video token in the rendered prompt
+    frame_tokens: list[int]  # visual tokens kept per frame (after token compression)
+
+
+def frame_token_counts(grid_thw: list[int], merge_size: int, mask: list[bool]) -> list[int]:
+    """Visual tokens each frame keeps: the compression mask split per frame."""
+    per_frame = grid_thw[1] * grid_thw[2] // (merge_size * merge_size)
+    return [sum(mask[i : i + per_frame]) for i in range(0, grid_thw[0] * per_frame, per_frame)]
+
+
+def placeholder_text(video_token: str, timestamps: list[float], frame_tokens: list[int]) -> str:
+    """The text that stands for a clip in the prompt, as the native processor writes it
+    (``VideoLlama3Processor.replace_video_token``): ``Time t.ts:`` and the frame's tokens per
+    frame, joined by commas."""
+    return ",".join(
+        f"Time {t:.1f}s:" + video_token * n for n, t in zip(frame_tokens, timestamps, strict=True)
+    )
 
 
 class InputBuilder:
@@ -101,13 +117,42 @@ class InputBuilder:
             do_sample_frames=False,
             return_tensors="pt",
         )
+        grid = [int(x) for x in out["video_grid_thw"][0].tolist()]
+        patch = int(self.processor.video_processor.patch_size)
+        if (grid[1] * patch, grid[2] * patch) != tuple(frames.shape[1:3]):
+            from crashchat.models.processors import processor_budget
+
+            raise ValueError(
+                f"the video processor resized {frames.shape[1]}x{frames.shape[2]} frames to "
+                f"{grid[1] * patch}x{grid[2] * patch}: its limit of "
+                f"{processor_budget(self.processor.video_processor)} visual tokens per clip "
+                "disagrees with the decode budget (max_visual_tokens); lower max_visual_tokens "
+                "or rebuild the processor (crashchat checkpoint import-base --max-visual-tokens)"
+            )
         placeholder = self.processor.replace_video_token(out, 0)
+        merge = int(out["video_merge_sizes"][0])
+        mask = [bool(x) for x in out["video_compression_mask"].tolist()]
         return VideoInputs(
             self.norm.to_uint8(out["pixel_values_videos"]),
-            [int(x) for x in out["video_grid_thw"][0].tolist()],
-            int(out["video_merge_sizes"][0]),
-            [bool(x) for x in out["video_compression_mask"].tolist()],
+            grid,
+            merge,
+            mask,
             placeholder,
+            frame_token_counts(grid, merge, mask),
+        )
+
+    def video_from_meta(self, meta: dict[str, Any]) -> VideoInputs:
+        """A stored clip's inputs without its pixels (enough to tokenize its records).
+
+        Timestamps are the frame indices over the source rate, as the processor computes them.
+        """
+        grid = [int(x) for x in meta["video_grid_thw"]]
+        merge = int(meta["video_merge_size"])
+        mask = [bool(x) for x in meta["video_compression_mask"]]
+        tokens = [int(x) for x in meta["frame_tokens"]]
+        times = [int(i) / float(meta["source_fps"]) for i in meta["frame_indices"]]
+        return VideoInputs(
+            None, grid, merge, mask, placeholder_text(self.video_token, times, tokens), tokens
         )
 
     def prompt_text(self, prompt: str) -> str:

@@ -1,36 +1,49 @@
-"""The preprocessing job: annotations + videos -> model-ready Parquet samples, on Ray Data.
+"""The preprocessing job: annotations + videos -> a clips table and a samples table, on Ray Data.
 
-Flow per clip (one video shared by several task records is decoded once):
-probe (PyAV, in the worker) -> decode (decord, in its own Ray task so a decoder crash kills only
-that process; retried a bounded number of times) -> the model's processor -> one row per record.
-Any failure becomes a row of the failures table; every good sample is written.
+Flow per clip (one video named by several task records is processed once per setting):
+probe (PyAV) and content hash (in a Ray Data worker) -> a clip already stored with the same key
+is reused; otherwise decode (decord), the model's processor and the clip's row are one Ray task,
+so a decoder crash kills only that process (retried a bounded number of times) and the pixels
+never travel through the object store -> the worker tokenizes the clip's records and writes them.
+Workers write both tables; the driver only receives failures and counts, so its memory stays
+flat however many clips there are. Any failure becomes a row of the failures table; every good
+sample is written.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute
-import pyarrow.parquet as pq
 
 from crashchat.config import PreprocessConfig
 from crashchat.data.annotations import Sample
 from crashchat.data.validation import catalog_from_files, check_video_path, collect_samples
+from crashchat.models.metadata import model_frame_size
 from crashchat.ray_utils import ensure_ray
-from crashchat.video.decode import DecodedClip, DecodeSpec, decode_task
+from crashchat.video import samples as store
+from crashchat.video.decode import DecodeSpec, decode_spec
 from crashchat.video.probe import VideoRejected, probe_video
-from crashchat.video.samples import FAILURE_FIELDS, ROW_SCHEMA, SAMPLE_SCHEMA, SCHEMA_VERSION
 
 ProgressFn = Callable[[int, int, int], None]  # (clips done, clips failed, clips total)
+
+# What a worker hands back to the driver per batch: counts and failures, never pixels.
+RESULT_SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()),  # "clip" (a processed clip) or "failure"
+        ("clip_key", pa.string()),
+        ("reused", pa.bool_()),
+        ("counts", pa.string()),  # JSON {task: {split: n}} of the clip's written records
+        ("failure", pa.string()),  # JSON failure row
+    ]
+)
 
 
 @dataclass
@@ -46,28 +59,17 @@ class PreprocessResult:
 
     def summary(self) -> dict[str, Any]:
         """Counts for printing."""
+        counts = self.manifest.get("counts", {})
         return {
             "out": str(self.out),
             "clips": self.clips,
+            "clips_decoded": counts.get("clips_decoded"),
+            "clips_reused": counts.get("clips_reused"),
             "samples": self.samples,
             "failures": len(self.failures),
             "seconds": round(self.seconds, 2),
-            "per_task": self.manifest.get("counts", {}).get("per_task", {}),
+            "per_task": counts.get("per_task", {}),
         }
-
-
-def _failure(
-    video: str | None, stage: str, reason: str, sample: Sample | None = None, **extra: Any
-) -> dict[str, Any]:
-    row = {
-        "video": video,
-        "record_id": sample.record_id if sample else None,
-        "task": sample.task if sample else None,
-        "split": sample.split if sample else None,
-        "stage": stage,
-        "reason": reason,
-    }
-    return row | extra
 
 
 def _record_dict(s: Sample) -> dict[str, Any]:
@@ -82,182 +84,114 @@ def _record_dict(s: Sample) -> dict[str, Any]:
 
 
 class ClipWorker:
-    """Ray Data worker: probes, has clips decoded in crash-isolated tasks, runs the processor."""
+    """Ray Data worker: probes and hashes clips, has new ones processed by its crash-isolated
+    processor actors, tokenizes every clip's records and writes them."""
 
     def __init__(
-        self, model: str, cfg_json: dict[str, Any], spec: DecodeSpec, decode_options: dict[str, Any]
+        self,
+        model: str,
+        out: str,
+        cfg_json: dict[str, Any],
+        spec: DecodeSpec,
+        settings: str,
+        actor_options: dict[str, Any],
     ) -> None:
-        import ray
-        from transformers import AutoProcessor
-
-        from crashchat.video.model_inputs import InputBuilder
+        from crashchat.video.clip_processing import ProcessorPool, input_builder
 
         self.cfg = PreprocessConfig.model_validate(cfg_json)
-        self.spec = spec
-        self.builder = InputBuilder(AutoProcessor.from_pretrained(model, trust_remote_code=False))
-        self.decode = ray.remote(decode_task).options(**decode_options)
+        self.model, self.out, self.spec, self.settings = model, out, spec, settings
+        self.builder = input_builder(model)
+        self.pool = ProcessorPool(
+            model,
+            out,
+            self.cfg.decoders_per_worker,
+            actor_options,
+            self.cfg.decode_timeout_s,
+            self.cfg.decode_retries,
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import ray
+        clips = batch.to_pylist()
+        results: list[dict[str, Any]] = []
+        metas: dict[int, tuple[dict[str, Any], bool]] = {}
+        jobs: dict[int, tuple[Any, ...]] = {}
+        for i, clip in enumerate(clips):
+            got = self._start(clip)
+            if isinstance(got, str):
+                results += self._fail_all(clip, "probe", got)
+            elif isinstance(got, dict):
+                metas[i] = (got, True)
+            else:
+                jobs[i] = got
+        for i, done in self.pool.run(jobs).items():
+            if isinstance(done, str):
+                results += self._fail_all(clips[i], "decode", done)
+            else:
+                metas[i] = (done, False)
+        records: list[dict[str, Any]] = []
+        for i in sorted(metas):
+            meta, reused = metas[i]
+            results.append(self._tokenize(clips[i], meta, reused, records))
+        store.write_records(self.out, int(clips[0]["index"]), records)
+        return pa.Table.from_pylist(results, schema=RESULT_SCHEMA)
 
-        clips = list(
-            zip(
-                batch["video"].to_pylist(),
-                batch["path"].to_pylist(),
-                [json.loads(r) for r in batch["records"].to_pylist()],
-                strict=True,
-            )
-        )
-        # Probe every clip, then keep all their decodes in flight at once and process each clip
-        # as its frames arrive, so decoding overlaps the processor.
-        rows: dict[int, list[dict[str, Any]]] = {}
-        pending: dict[Any, int] = {}
-        last_progress = time.monotonic()
-        for i, (video, path, records) in enumerate(clips):
-            try:
-                probe = probe_video(path, self.cfg.limits)
-            except VideoRejected as exc:
-                rows[i] = self._fail_all(video, records, "probe", str(exc))
-                continue
-            ref = self.decode.remote(path, probe.width, probe.height, probe.frames, self.spec)
-            pending[ref] = i
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            if not ready:
-                if time.monotonic() - last_progress > self.cfg.decode_timeout_s:
-                    self._cancel_oldest(pending, clips, rows)
-                    last_progress = time.monotonic()
-                continue
-            last_progress = time.monotonic()
-            ref = ready[0]
-            i = pending.pop(ref)
-            video, _path, records = clips[i]
-            try:
-                clip = self._get(ref)
-            except RuntimeError as exc:
-                rows[i] = self._fail_all(video, records, "decode", str(exc))
-                continue
-            rows[i] = self._process(video, clip, records)
-        ordered = [r for i in range(len(clips)) for r in rows[i]]
-        return pa.Table.from_pylist(ordered, schema=ROW_SCHEMA)
-
-    def _fail_all(
-        self, video: str, records: list[dict[str, Any]], stage: str, reason: str
-    ) -> list[dict[str, Any]]:
-        return [
-            {
-                "kind": "failure",
-                "video": video,
-                "record_id": r["record_id"],
-                "task": r["task"],
-                "split": r["split"],
-                "stage": stage,
-                "reason": reason,
-            }
-            for r in records
-        ]
-
-    def _cancel_oldest(
-        self, pending: dict[Any, int], clips: list[Any], rows: dict[int, list[dict[str, Any]]]
-    ) -> None:
-        """No decode finished for ``decode_timeout_s``: cancel the oldest one (the hung one).
-
-        Decodes are submitted in order and queued ones wait behind running ones, so a rolling
-        no-progress timeout does not fail clips that were merely queued behind a hung decoder.
-        """
-        import ray
-
-        ref = next(iter(pending))
-        i = pending.pop(ref)
-        ray.cancel(ref, force=True)
-        video, _path, records = clips[i]
-        reason = f"decode timed out after {self.cfg.decode_timeout_s:.0f} s without progress (task cancelled)"
-        rows[i] = self._fail_all(video, records, "decode", reason)
-
-    def _get(self, ref: Any) -> DecodedClip:
-        import ray
+    def _start(self, clip: dict[str, Any]) -> str | dict[str, Any] | tuple[Any, ...]:
+        """A reason (rejected), a stored clip's metadata (reused), or the processing job."""
+        from crashchat.video.clip_processing import clip_key, file_sha256
 
         try:
-            return ray.get(ref)
-        except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            raise RuntimeError(
-                str(cause).splitlines()[-1] if str(cause) else type(cause).__name__
-            ) from None
-        except (
-            ray.exceptions.WorkerCrashedError,
-            ray.exceptions.NodeDiedError,
-            ray.exceptions.OutOfMemoryError,
-        ) as exc:
-            attempts = self.cfg.decode_retries + 1
-            raise RuntimeError(
-                f"decoder process died ({type(exc).__name__}) on all {attempts} attempt(s)"
-            ) from None
+            probe = probe_video(clip["path"], self.cfg.limits)
+        except VideoRejected as exc:
+            return str(exc)
+        digest = file_sha256(clip["path"])
+        key = clip_key(digest, self.settings)
+        if store.clip_path(self.out, key).is_file():
+            return store.read_clip_meta(self.out, key)
+        return (clip["path"], probe, self.spec, key, clip["video"], digest)
 
-    def _process(
-        self, video: str, clip: DecodedClip, records: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        try:
-            vid = self.builder.video(clip.frames, clip.indices, clip.source_fps, clip.source_frames)
-        except Exception as exc:
-            return self._fail_all(video, records, "process", f"video processor failed: {exc}")
-        rows: list[dict[str, Any]] = []
-        for r in records:
+    def _tokenize(
+        self,
+        clip: dict[str, Any],
+        meta: dict[str, Any],
+        reused: bool,
+        records: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Append the clip's record rows; a clip result with their counts and failures."""
+        video = self.builder.video_from_meta(meta)
+        counts: Counter[tuple[str, str]] = Counter()
+        failed = []
+        for r in json.loads(clip["records"]):
             try:
-                ids, labels = self.builder.tokens(vid, r["prompt"], r["answer"])
+                ids, labels = self.builder.tokens(video, r["prompt"], r["answer"])
             except Exception as exc:
-                rows += self._fail_all(video, [r], "process", str(exc))
+                failed.append(store.failure_row(clip["video"], "process", str(exc), r))
                 continue
-            rows.append(
+            records.append(
                 r
                 | {
-                    "kind": "sample",
-                    "video": video,
-                    "num_frames": len(clip.indices),
-                    "timestamps": clip.timestamps,
-                    "frame_indices": clip.indices,
+                    "video": clip["video"],
+                    "clip_key": meta["clip_key"],
                     "input_ids": ids,
                     "labels": labels,
-                    "pixel_values": vid.pixels.tobytes(),
-                    "pixel_shape": list(vid.pixels.shape),
-                    "video_grid_thw": vid.grid_thw,
-                    "video_merge_size": vid.merge_size,
-                    "video_compression_mask": vid.compression_mask,
-                    "decode_node": clip.node_id,
                 }
             )
-        return rows
+            counts[(r["task"], r["split"])] += 1
+        table: dict[str, dict[str, int]] = {}
+        for (task, split), n in counts.items():
+            table.setdefault(task, {})[split] = n
+        return {
+            "kind": "clip",
+            "clip_key": meta["clip_key"],
+            "reused": reused,
+            "counts": json.dumps(table),
+            "failure": json.dumps(failed),
+        }
 
-
-class ShardWriter:
-    """Writes sample rows to ``part-NNNNN.parquet`` shards of a fixed row count, in arrival order."""
-
-    def __init__(self, folder: Path, rows_per_shard: int) -> None:
-        self.folder, self.rows_per_shard = folder, rows_per_shard
-        self.pending: list[pa.Table] = []
-        self.pending_rows = 0
-        self.shards = 0
-        self.rows = 0
-
-    def add(self, table: pa.Table) -> None:
-        if table.num_rows:
-            self.pending.append(table)
-            self.pending_rows += table.num_rows
-        while self.pending_rows >= self.rows_per_shard:
-            self._flush(self.rows_per_shard)
-
-    def _flush(self, n: int) -> None:
-        table = pa.concat_tables(self.pending)
-        head, tail = table.slice(0, n), table.slice(n)
-        pq.write_table(head, self.folder / f"part-{self.shards:05d}.parquet", compression="zstd")
-        self.shards += 1
-        self.rows += head.num_rows
-        self.pending = [tail] if tail.num_rows else []
-        self.pending_rows = tail.num_rows
-
-    def close(self) -> None:
-        if self.pending_rows:
-            self._flush(self.pending_rows)
+    def _fail_all(self, clip: dict[str, Any], stage: str, reason: str) -> list[dict[str, Any]]:
+        rows = [
+            store.failure_row(clip["video"], stage, reason, r) for r in json.loads(clip["records"])
+        ]
+        return [{"kind": "failure", "failure": json.dumps(rows)}]
 
 
 def placement_options(cfg: PreprocessConfig) -> tuple[dict[str, Any], str]:
@@ -278,74 +212,158 @@ def placement_options(cfg: PreprocessConfig) -> tuple[dict[str, Any], str]:
     return opts, "; ".join(notes)
 
 
-def _model_frame_size(model: str) -> int | None:
-    meta = Path(model) / "crashchat_model.json"
-    return json.loads(meta.read_text()).get("frame_size") if meta.is_file() else None
-
-
 def _plan(
-    annotations: list[str | Path], video_root: Path
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Any], list[Sample]]:
+    annotations: list[str | Path], video_root: Path, splits: list[str] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Any], int]:
+    """(clips to process, failures found before any decoding, annotation files, unique records)."""
     files, issues = collect_samples(annotations)
     failures = [
-        _failure(None, "annotation", i.message, file=i.file, index=i.index, field=i.field)
+        store.failure_row(None, "annotation", i.message, file=i.file, index=i.index, field=i.field)
         for i in issues
     ]
     seen: dict[str, Sample] = {}
     for ann in files:
         for s in ann.samples:
-            seen.setdefault(s.record_id, s)
+            if splits is None or s.split in splits:
+                seen.setdefault(s.record_id, s)
     by_video: dict[str, list[Sample]] = {}
     for s in seen.values():
         by_video.setdefault(s.video, []).append(s)
-    clips = []
+    clips: list[dict[str, Any]] = []
     for video in sorted(by_video):
-        samples = sorted(by_video[video], key=lambda s: s.record_id)
+        records = [_record_dict(s) for s in sorted(by_video[video], key=lambda s: s.record_id)]
         reason = check_video_path(video, video_root)
         if reason is not None:
-            failures += [
-                _failure(video, "probe", reason.replace(f" under {video_root}", ""), s)
-                for s in samples
-            ]
+            message = reason.replace(f" under {video_root}", "")
+            failures += [store.failure_row(video, "probe", message, r) for r in records]
             continue
         clips.append(
             {
+                "index": len(clips),
                 "video": video,
                 "path": str((video_root / video).resolve()),
-                "records": json.dumps([_record_dict(s) for s in samples]),
+                "records": json.dumps(records),
             }
         )
-    return clips, failures, files, list(seen.values())
+    return clips, failures, files, len(seen)
 
 
-def _collect(
-    raw: pa.Table,
-    writer: ShardWriter,
-    counts: Counter[tuple[str, str]],
-    failures: list[dict[str, Any]],
-) -> tuple[int, int]:
-    """Route one worker batch: samples to the shard writer, failures to the list.
+@dataclass
+class _Tally:
+    """What the driver keeps while workers write: counts and clip keys, never rows."""
 
-    Returns:
-        (clips in the batch, clips of which no sample survived).
-    """
-    # Blocks holding only failures arrive with null-typed sample columns.
-    batch = raw.select(ROW_SCHEMA.names).cast(ROW_SCHEMA)
-    is_sample = pa.compute.equal(batch["kind"], "sample")
-    samples = batch.filter(is_sample).select(SAMPLE_SCHEMA.names).cast(SAMPLE_SCHEMA)
-    writer.add(samples)
-    counts.update(zip(samples["task"].to_pylist(), samples["split"].to_pylist(), strict=True))
-    failed_rows = (
-        batch.filter(pa.compute.invert(is_sample)).select(list(FAILURE_FIELDS)).to_pylist()
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    keys: set[str] = field(default_factory=set)
+    decoded: int = 0
+    reused: int = 0
+    done: int = 0
+    failed: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, batch: pa.Table, out: Path) -> None:
+        for row in batch.to_pylist():
+            rows = json.loads(row["failure"] or "[]")
+            store.append_failures(out, rows)
+            self.failures += rows
+            if row["kind"] == "failure":
+                self.done += 1
+                self.failed += 1
+                continue
+            self.done += 1
+            self.keys.add(row["clip_key"])
+            self.reused += bool(row["reused"])
+            self.decoded += not row["reused"]
+            for task, splits in json.loads(row["counts"]).items():
+                for split, n in splits.items():
+                    self.counts[(task, split)] += n
+
+
+def _run_workers(
+    clips: list[dict[str, Any]],
+    cfg: PreprocessConfig,
+    model: str,
+    out: Path,
+    spec: DecodeSpec,
+    settings: str,
+    tally: _Tally,
+    progress: ProgressFn | None,
+) -> str:
+    """Run the Ray Data job; returns the placement note."""
+    import ray
+    import ray.data
+
+    opts, note = placement_options(cfg)
+    actor_options = {"num_cpus": cfg.decode_num_cpus, **opts}
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    ds = ray.data.from_items(
+        clips, override_num_blocks=max(1, -(-len(clips) // cfg.clips_per_batch))
+    ).map_batches(
+        ClipWorker,
+        fn_constructor_kwargs={
+            "model": model,
+            "out": str(out),
+            "cfg_json": cfg.model_dump(),
+            "spec": spec,
+            "settings": settings,
+            "actor_options": actor_options,
+        },
+        batch_size=cfg.clips_per_batch,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, len(clips))),
+        num_cpus=cfg.worker_num_cpus,
+        **opts,
     )
-    failures.extend(failed_rows)
-    videos = set(batch["video"].to_pylist())
-    failed_videos = {r["video"] for r in failed_rows} - set(samples["video"].to_pylist())
-    return len(videos), len(failed_videos)
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        assert isinstance(batch, pa.Table)
+        tally.add(batch.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA), out)
+        if progress is not None:
+            progress(tally.done, tally.failed, len(clips))
+    return note
+
+
+def _manifest(
+    cfg: PreprocessConfig,
+    model: str,
+    root: Path,
+    spec: Any,
+    settings: str,
+    note: str,
+    processor: Any,
+    files: list[Any],
+    tally: _Tally,
+    counts: dict[str, int],
+) -> dict[str, Any]:
+    """The dataset's manifest: how it was made (settings, model, annotations) and what it holds."""
+    from crashchat.video.model_inputs import PixelNorm
+
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": model,
+        "video_root": str(root),
+        "config": cfg.model_dump(),
+        "decode": asdict(spec),
+        "settings_key": settings,
+        "placement": note,
+        "pixel_norm": PixelNorm.from_processor(processor.video_processor).to_json(),
+        "annotations": {str(f.path): f.sha256 for f in files if f.path.is_file()},
+        "counts": {
+            "clips": counts["clips"],
+            "clips_written": len(tally.keys),
+            "clips_decoded": tally.decoded,
+            "clips_reused": tally.reused,
+            "clips_removed": counts["removed"],
+            "records": counts["records"],
+            "samples": counts["samples"],
+            "failures": len(tally.failures),
+            **_count_tables(tally.counts),
+        },
+    }
 
 
 def run_preprocess(
-    annotations: list[str | Path],
+    annotations: Sequence[str | Path],
     video_root: str | Path,
     model: str | Path,
     out: str | Path,
@@ -353,117 +371,77 @@ def run_preprocess(
     address: str | None = "local",
     progress: ProgressFn | None = None,
 ) -> PreprocessResult:
-    """Run the preprocessing job and write ``out`` (samples, manifest, failures, prompts).
+    """Run the preprocessing job and write ``out`` (clips, samples, manifest, failures, prompts).
+
+    Clips already stored in ``out`` with the same content and settings are not decoded again;
+    samples are rewritten; stored clips no record refers to any more are removed.
 
     Args:
         annotations: Annotation files or folders.
         video_root: Folder the annotations' video paths are relative to.
         model: Model directory whose processor prepares the inputs.
-        out: Output folder (its previous samples are replaced).
+        out: Output folder.
         cfg: Job settings.
         address: ``local`` starts Ray here; ``auto`` or an address joins a cluster. An already
             initialised Ray is used as is.
         progress: Called after each clip with (done, failed, total).
     """
-    import ray
-    import ray.data
+    from crashchat.video.clip_processing import input_builder, settings_key
 
     cfg = cfg or PreprocessConfig()
     start = time.perf_counter()
     out, root, model = Path(out), Path(video_root), str(model)
-    samples_dir = out / "samples"
-    shutil.rmtree(samples_dir, ignore_errors=True)
-    samples_dir.mkdir(parents=True)
-    clips, failures, files, unique = _plan(annotations, root)
-    spec = DecodeSpec(
-        cfg.fps,
-        cfg.max_frames,
-        cfg.min_frames,
-        cfg.frame_size or _model_frame_size(model),
-        cfg.max_visual_tokens,
-        fault_injection=cfg.fault_injection,
-    )
-    writer = ShardWriter(samples_dir, cfg.rows_per_shard)
-    counts: Counter[tuple[str, str]] = Counter()
-    placement_note = ""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / store.SAMPLES_DIR, ignore_errors=True)
+    (out / store.MANIFEST_FILE).unlink(missing_ok=True)  # incomplete until rewritten
+    (out / store.FAILURES_FILE).write_text("")
+    clips, failures, files, unique = _plan(list(annotations), root, cfg.splits)
+    store.append_failures(out, failures)
+    spec = decode_spec(cfg, model_frame_size(model))
+    processor = input_builder(model).processor
+    settings = settings_key(spec, processor.video_processor)
+    tally = _Tally(failures=list(failures))
+    note = ""
     started = ensure_ray(address) if clips else False
     try:
         if clips:
-            opts, placement_note = placement_options(cfg)
-            decode_opts = {
-                "num_cpus": cfg.decode_num_cpus,
-                "max_retries": cfg.decode_retries,
-                "retry_exceptions": False,
-                **opts,
-            }
-            ctx = ray.data.DataContext.get_current()
-            ctx.execution_options.preserve_order = True
-            ctx.enable_progress_bars = False
-            ds = ray.data.from_items(
-                clips, override_num_blocks=max(1, -(-len(clips) // cfg.clips_per_batch))
-            ).map_batches(
-                ClipWorker,
-                fn_constructor_kwargs={
-                    "model": model,
-                    "cfg_json": cfg.model_dump(),
-                    "spec": spec,
-                    "decode_options": decode_opts,
-                },
-                batch_size=cfg.clips_per_batch,
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, len(clips))),
-                num_cpus=cfg.worker_num_cpus,
-                **opts,
-            )
-            done = failed = 0
-            for raw in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                assert isinstance(raw, pa.Table)
-                n_done, n_failed = _collect(raw, writer, counts, failures)
-                done, failed = done + n_done, failed + n_failed
-                if progress is not None:
-                    progress(done, failed, len(clips))
-        writer.close()
+            note = _run_workers(clips, cfg, model, out, spec, settings, tally, progress)
     finally:
         if started:
+            import ray
+
             ray.shutdown()
-
-    catalog = catalog_from_files(files)
-    catalog.save(out / "prompts.json")
-    with (out / "failures.jsonl").open("w") as fh:
-        for f in failures:
-            fh.write(json.dumps(f, ensure_ascii=False) + "\n")
-    from transformers import AutoProcessor
-
-    from crashchat.video.model_inputs import PixelNorm
-
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": model,
-        "video_root": str(root),
-        "config": cfg.model_dump(),
-        "decode": asdict(spec),
-        "placement": placement_note,
-        "pixel_norm": PixelNorm.from_processor(
-            AutoProcessor.from_pretrained(model).video_processor
-        ).to_json(),
-        "annotations": {
-            str(f.path): hashlib.sha256(f.path.read_bytes()).hexdigest()
-            for f in files
-            if f.path.is_file()
-        },
-        "counts": {
-            "clips": len(clips),
-            "records": len(unique),
-            "samples": writer.rows,
-            "failures": len(failures),
-            "shards": writer.shards,
-            **_count_tables(counts),
-        },
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    removed = store.prune_clips(out, tally.keys)
+    catalog_from_files(files).save(out / store.PROMPTS_FILE)
+    records = sum(tally.counts.values())
+    counts = {"clips": len(clips), "records": unique, "samples": records, "removed": removed}
+    manifest = _manifest(cfg, model, root, spec, settings, note, processor, files, tally, counts)
+    store.write_manifest(out, manifest)
     return PreprocessResult(
-        out, len(clips), writer.rows, failures, time.perf_counter() - start, manifest
+        out, len(clips), records, tally.failures, time.perf_counter() - start, manifest
+    )
+
+
+def dataset_is_current(
+    out: str | Path,
+    annotations: list[str | Path],
+    video_root: str | Path,
+    model: str | Path,
+    cfg: PreprocessConfig,
+) -> bool:
+    """True when ``out`` already holds these annotations preprocessed with these settings (same
+    files, same content, same model and sampling): it can be used as it is."""
+    try:
+        manifest = store.load_manifest(out)
+        files, _ = collect_samples(annotations)
+    except (FileNotFoundError, ValueError):
+        return False
+    wanted = {str(f.path): f.sha256 for f in files if f.path.is_file()}
+    return (
+        manifest.get("annotations") == wanted
+        and manifest.get("model") == str(model)
+        and manifest.get("video_root") == str(Path(video_root))
+        and manifest.get("config") == cfg.model_dump()
     )
 
 

@@ -1,0 +1,431 @@
+"""Chaos benchmark: bulk inference and preprocessing keep every item while processes die.
+
+Run: ``.venv/bin/python benchmarks/chaos.py [--quick] [--ingress proxy,haproxy]``
+
+Loopback only, bounded in items and time; on this machine's tiny model:
+
+  1. bulk inference under kills: ``crashchat serve up --detach`` with two checkpoints, one
+     ``/v1/batch`` (at least 200 items in the full run: synthetic clips, the three real clips
+     when ``../shared`` has them, and a few bad items) sent by the client ``crashchat serve
+     batch`` uses, while a chaos loop SIGKILLs a random Serve replica (a model, the decoder, the
+     router) every few seconds for two minutes (30 s in quick mode); once per ingress (Ray
+     Serve's proxy, its HAProxy). Every item must end with exactly one final line; items hit
+     by a kill are resent (they are idempotent).
+  2. preprocessing under node loss: a multi-node Ray on this machine (``ray.cluster_utils``),
+     ``run_preprocess`` over at least 200 clips pinned to the ``cpu_decode`` node, whose raylet
+     is killed once mid-job and comes back: every good clip written once, none failed.
+  3. overload: three times the measured capacity for a while: the excess is refused with 503
+     and ``Retry-After`` quickly, admitted requests succeed, replica memory stays flat, and the
+     endpoint is back to its normal latency soon after the load stops.
+
+Last line: ``chaos_items=N lost=0 duplicates=0 success_rate=S retried=R
+overload_refusal_p99_ms=P rss_growth_pct=G``. ``--quick`` (used by ``make test``) runs one
+ingress, fewer items and shorter phases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CLIPS = REPO.parent / "shared" / "data" / "real-clips"
+CLI = [sys.executable, "-m", "crashchat.cli"]
+APP = "crashchat"
+TASKS = "crash_recognition,crash_localization"
+CHECKPOINTS = {"crash_recognition": "monotask", "perception_centric": "homogeneous"}
+VICTIMS = ("model_crash_recognition", "model_perception_centric", "decoder", "router")
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * q))] if values else float("nan")
+
+
+def build(work: Path, clips: int) -> tuple[Path, Path, Path]:
+    """Synthetic clips, the tiny model and two checkpoints with random adapters."""
+    from crashchat.config import SynthConfig, TinyModelConfig
+    from crashchat.data.synth import generate_dataset
+    from crashchat.data.synth.labels import all_label_text
+    from crashchat.data.tasks import get_mixture
+    from crashchat.models.tiny import build_random_checkpoint, build_tiny_model
+
+    data = work / "data"
+    generate_dataset(data, SynthConfig(videos=clips, seed=11, min_duration=2.5, max_duration=3.5))
+    model = build_tiny_model(work / "model", TinyModelConfig(), all_label_text())
+    prompts = json.loads((data / "prompts.json").read_text())
+    for seed, (name, strategy) in enumerate(CHECKPOINTS.items(), 1):
+        tasks = list(get_mixture(name).tasks)
+        meta = {"mixture": name, "strategy": strategy, "tasks": tasks}
+        build_random_checkpoint(
+            model, work / "ckpts" / name, meta, {t: prompts[t] for t in tasks}, seed
+        )
+    return data, model, work / "ckpts"
+
+
+# -- processes ----------------------------------------------------------------------------------
+def replicas() -> dict[str, list[int]]:
+    """PIDs of the live Serve replicas by deployment (Ray titles actor processes)."""
+    import psutil
+
+    out: dict[str, list[int]] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if f"ServeReplica:{APP}:" in cmd and "defunct" not in cmd:
+            name = cmd.split(f"ServeReplica:{APP}:")[1].split()[0].split(".")[0]
+            out.setdefault(name, []).append(int(proc.info["pid"]))
+    return out
+
+
+def replica_rss() -> dict[str, int]:
+    """Resident memory of every replica, by deployment and pid."""
+    import psutil
+
+    out = {}
+    for name, pids in replicas().items():
+        for pid in pids:
+            try:
+                out[f"{name}:{pid}"] = psutil.Process(pid).memory_info().rss
+            except psutil.Error:
+                continue
+    return out
+
+
+class Chaos(threading.Thread):
+    """Kill a random replica of ``VICTIMS`` every ``every_s`` for ``duration_s`` (or until
+    stopped); then Serve gets to recover and the batch to finish."""
+
+    def __init__(self, every_s: float, duration_s: float, seed: int = 0) -> None:
+        super().__init__(daemon=True)
+        self.every_s, self.rng = every_s, random.Random(seed)
+        self.deadline = time.monotonic() + duration_s
+        self.stop = threading.Event()
+        self.kills: list[str] = []
+        self.seen: dict[str, set[int]] = {}
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every_s) and time.monotonic() < self.deadline:
+            live = replicas()
+            for name, pids in live.items():
+                self.seen.setdefault(name, set()).update(pids)
+            targets = [(n, p) for n in VICTIMS for p in live.get(n, [])]
+            if not targets:
+                continue
+            name, pid = self.rng.choice(targets)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                self.kills.append(name)
+            except ProcessLookupError:
+                pass
+
+    def restarts(self) -> dict[str, int]:
+        """Replica processes that replaced a killed one, by deployment."""
+        for name, pids in replicas().items():
+            self.seen.setdefault(name, set()).update(pids)
+        return {n: max(0, len(p) - 1) for n, p in self.seen.items()}
+
+
+def serve_up(
+    ckpts: Path, roots: list[Path], ingress: str, state: Path, overrides: list[str]
+) -> str:
+    from crashchat.local_cluster import free_port
+
+    port = free_port()
+    args = [*CLI, "serve", "up", "--checkpoints", str(ckpts), "--config",
+            str(REPO / "serve/tiny.yaml"), "--port", str(port), "--num-cpus", "2",
+            "--detach", "--state-file", str(state), "--set", f"ingress={ingress}"]  # fmt: skip
+    for root in roots:
+        args += ["--allowed-root", str(root)]
+    for item in overrides:
+        args += ["--set", item]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"serve up failed: {done.stderr[-2000:]}")
+    return f"http://127.0.0.1:{port}/"
+
+
+def serve_down(state: Path) -> None:
+    subprocess.run(
+        [*CLI, "serve", "down", "--state-file", str(state)], capture_output=True, timeout=300
+    )
+
+
+# -- 1. bulk inference under kills --------------------------------------------------------------
+def batch_items(data: Path, n: int, bad_dir: Path) -> tuple[list[dict[str, Any]], set[str]]:
+    """``n`` items cycling over the clips (and the real ones), plus three bad ones."""
+    clips = sorted((data / "videos").glob("*.mp4"))
+    if REAL_CLIPS.exists():
+        clips += sorted(REAL_CLIPS.glob("*.mp4"))
+    items = [
+        {"id": f"item-{i:04d}", "video_path": str(clips[i % len(clips)]), "tasks": TASKS}
+        for i in range(n)
+    ]
+    bad_dir.mkdir(exist_ok=True)
+    (bad_dir / "garbage.mp4").write_bytes(os.urandom(4000))
+    bad = [
+        {"id": "bad-missing", "video_path": str(bad_dir / "missing.mp4"), "tasks": TASKS},
+        {"id": "bad-garbage", "video_path": str(bad_dir / "garbage.mp4"), "tasks": TASKS},
+        {"id": "bad-outside", "video_path": "/etc/hostname", "tasks": TASKS},
+    ]
+    return items + bad, {b["id"] for b in bad}
+
+
+def bulk_under_kills(
+    work: Path, data: Path, ckpts: Path, ingress: str, n: int, every_s: float, seconds: float
+) -> dict[str, Any]:
+    from crashchat.serving.client import send_batch
+
+    state = work / f"serve-{ingress}.json"
+    roots = [data, work / "bad"] + ([REAL_CLIPS] if REAL_CLIPS.exists() else [])
+    items, bad = batch_items(data, n, work / "bad")
+    url = serve_up(ckpts, roots, ingress, state, ["limits.request_timeout_s=30"])
+    try:
+        rss_start = replica_rss()
+        chaos = Chaos(every_s, seconds)
+        started = time.monotonic()
+        lines, arrivals = [], []
+        chaos.start()
+        try:
+            # Bounded: a stalled stream times out and is resent, at most `retries` times.
+            for line in send_batch(url, items, timeout_s=seconds + 120, retries=8, backoff_s=2.0):
+                if "summary" in line:
+                    continue
+                lines.append(line)
+                arrivals.append(time.monotonic() - started)
+        finally:
+            chaos.stop.set()
+            chaos.join()
+        time.sleep(3)
+        rss_end = replica_rss()
+        restarts = chaos.restarts()
+    finally:
+        serve_down(state)
+    ids = Counter(str(line["id"]) for line in lines)
+    good = [line for line in lines if str(line["id"]) not in bad]
+    ok = [line for line in good if "result" in line]
+    causes = Counter(
+        f"{line['error']['status']}: {str(line['error']['detail'])[:60]}"
+        for line in good if "error" in line
+    )  # fmt: skip
+    growth = [
+        (rss_end[k] - v) / v * 100 for k, v in rss_start.items() if k in rss_end and v
+    ]  # replicas that lived through the run
+    return {
+        "ingress": ingress,
+        "items": len(items),
+        "answered": len(ids),
+        "lost": len(items) - len(ids),
+        "duplicates": sum(c - 1 for c in ids.values() if c > 1),
+        "succeeded": len(ok),
+        "good_items": len(items) - len(bad),
+        "bad_items_refused": sum(1 for line in lines if str(line["id"]) in bad and "error" in line),
+        "failed_by_cause": dict(causes),
+        "retried": sum(1 for line in lines if line.get("retries")),
+        "kills": Counter(chaos.kills),
+        "replica_restarts": restarts,
+        "p50_s": round(_pct(arrivals, 0.5), 2),
+        "p99_s": round(_pct(arrivals, 0.99), 2),
+        "rss_start_mb": {k: round(v / 2**20) for k, v in rss_start.items()},
+        "rss_end_mb": {k: round(v / 2**20) for k, v in rss_end.items()},
+        "rss_growth_pct_max": round(max(growth), 1) if growth else 0.0,
+    }
+
+
+# -- 2. preprocessing under node loss -----------------------------------------------------------
+def preprocess_under_node_loss(work: Path, clips: int) -> dict[str, Any]:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from crashchat.config import PreprocessConfig, SynthConfig
+    from crashchat.data.synth import generate_dataset
+    from crashchat.local_cluster import ray_bin, stop_head
+    from crashchat.video.clip_processing import file_sha256
+    from crashchat.video.pipeline import run_preprocess
+    from crashchat.video.samples import read_records_table, stored_clip_keys
+
+    data = work / "node-loss-data"
+    generate_dataset(data, SynthConfig(videos=clips, seed=5, min_duration=2.5, max_duration=3.0))
+    model = work / "model"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    decode = cluster.add_node(num_cpus=1, resources={"cpu_decode": 4})
+    killed = threading.Event()
+
+    def progress(done: int, _failed: int, total: int) -> None:
+        if not killed.is_set() and done >= total // 3:
+            killed.set()
+            threading.Thread(target=lose_node, daemon=True).start()
+
+    def lose_node() -> None:
+        cluster.remove_node(decode, allow_graceful=False)  # SIGKILL of the raylet
+        time.sleep(3)
+        # The node comes back as `ray start` brings one (cluster_utils can only add nodes from
+        # the main thread, which is running the job).
+        subprocess.run(
+            [ray_bin(), "start", f"--address={cluster.address}", "--num-cpus=1",
+             '--resources={"cpu_decode": 4}'],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    try:
+        cfg = PreprocessConfig(
+            fps=2, max_frames=8, frame_size=56, workers=1, clips_per_batch=2, decode_retries=3
+        )
+        out = work / "node-loss-out"
+        result = run_preprocess([data], data, model, out, cfg, address=None, progress=progress)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        stop_head(cluster.address)  # the node `ray start` brought back
+    records = read_records_table(out)
+    ids = Counter(records["record_id"].to_pylist())
+    distinct = {file_sha256(p) for p in (data / "videos").glob("*.mp4")}
+    return {
+        "clips": clips,
+        "node_killed": killed.is_set(),
+        "stored_clips": len(stored_clip_keys(out)),
+        "distinct_clip_contents": len(distinct),
+        "records": records.num_rows,
+        "duplicated_records": sum(c - 1 for c in ids.values() if c > 1),
+        "failed": len(result.failures),
+        "failures": result.failures[:3],
+    }
+
+
+# -- 3. overload --------------------------------------------------------------------------------
+def _fire(
+    url: str, body: dict[str, Any], clients: int, seconds: float
+) -> list[tuple[int, float, str | None]]:
+    import requests
+
+    out: list[tuple[int, float, str | None]] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def run() -> None:
+        session = requests.Session()
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            try:
+                resp = session.post(url, json=body, timeout=60)
+                code, retry = resp.status_code, resp.headers.get("Retry-After")
+            except requests.RequestException:
+                code, retry = -1, None
+            with lock:
+                out.append((code, (time.perf_counter() - t) * 1000, retry))
+
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return out
+
+
+def overload(work: Path, data: Path, ckpts: Path, seconds: float) -> dict[str, Any]:
+    state = work / "serve-overload.json"
+    clip = sorted((data / "videos").glob("*.mp4"))[0]
+    # Small queues, so a full system refuses at once instead of queueing for the timeout.
+    url = serve_up(ckpts, [data], "proxy", state, [
+        "model.max_queued_requests=4", "model.autoscaling.max_replicas=1",
+        "decoder.max_queued_requests=4", "decoder.autoscaling.max_replicas=1",
+    ])  # fmt: skip
+    body = {"video_path": str(clip), "tasks": ["crash_recognition"]}
+    try:
+        baseline = _fire(url + "v1/analyze", body, 1, 8)
+        normal = statistics.median(ms for c, ms, _ in baseline if c == 200)
+        capacity_clients = 4
+        measured = _fire(url + "v1/analyze", body, capacity_clients, 10)
+        rps = sum(1 for c, _, _ in measured if c == 200) / 10
+        rss_start = replica_rss()
+        load = _fire(url + "v1/analyze", body, capacity_clients * 3 * 2, seconds)
+        rss_end = replica_rss()
+        stopped = time.monotonic()
+        recovered_s = None
+        while time.monotonic() - stopped < 60:
+            window = _fire(url + "v1/analyze", body, 1, 3)
+            ok = [ms for c, ms, _ in window if c == 200]
+            if ok and statistics.median(ok) <= normal * 1.5 + 20:
+                recovered_s = round(time.monotonic() - stopped, 1)
+                break
+    finally:
+        serve_down(state)
+    refused = [(ms, r) for c, ms, r in load if c == 503]
+    admitted = [c for c, _, _ in load if c != 503]
+    growth = [(rss_end[k] - v) / v * 100 for k, v in rss_start.items() if k in rss_end and v]
+    return {
+        "capacity_rps": round(rps, 2),
+        "offered_clients": capacity_clients * 6,
+        "requests": len(load),
+        "refused_503": len(refused),
+        "refusals_with_retry_after": sum(1 for _, r in refused if r),
+        "refusal_p99_ms": round(_pct([ms for ms, _ in refused], 0.99), 1),
+        "admitted": len(admitted),
+        "admitted_ok": sum(1 for c in admitted if c == 200),
+        "normal_p50_ms": round(normal, 1),
+        "recovered_after_s": recovered_s,
+        "rss_growth_pct_max": round(max(growth), 1) if growth else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="make test's bounded version")
+    parser.add_argument(
+        "--ingress", default=None, help="comma list (default: proxy,haproxy; quick: proxy)"
+    )
+    parser.add_argument("--items", type=int, default=None)
+    parser.add_argument("--clips", type=int, default=None, help="clips of the node-loss phase")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    args = parser.parse_args()
+    quick = args.quick
+    ingresses = (args.ingress or ("proxy" if quick else "proxy,haproxy")).split(",")
+    items = args.items or (60 if quick else 200)
+    clips = args.clips or (30 if quick else 200)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    with tempfile.TemporaryDirectory(prefix="crashchat-chaos-") as tmp:
+        work = Path(tmp)
+        data, _model, ckpts = build(work, 12 if quick else 24)
+        report: dict[str, Any] = {"bulk": []}
+        for ingress in ingresses:
+            bulk = bulk_under_kills(
+                work, data, ckpts, ingress, items, 4.0 if quick else 3.0, 30 if quick else 120
+            )
+            report["bulk"].append(bulk)
+            print(json.dumps({"bulk": bulk}), flush=True)
+        report["node_loss"] = preprocess_under_node_loss(work, clips)
+        print(json.dumps({"node_loss": report["node_loss"]}), flush=True)
+        report["overload"] = overload(work, data, ckpts, 15 if quick else 60)
+        print(json.dumps({"overload": report["overload"]}), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    bulk_all = report["bulk"]
+    n = sum(b["items"] for b in bulk_all)
+    good = sum(b["good_items"] for b in bulk_all)
+    ok = sum(b["succeeded"] for b in bulk_all)
+    rss = max(
+        [b["rss_growth_pct_max"] for b in bulk_all] + [report["overload"]["rss_growth_pct_max"]]
+    )
+    print(
+        f"chaos_items={n} lost={sum(b['lost'] for b in bulk_all)} "
+        f"duplicates={sum(b['duplicates'] for b in bulk_all)} success_rate={ok / max(good, 1):.3f} "
+        f"retried={sum(b['retried'] for b in bulk_all)} "
+        f"overload_refusal_p99_ms={report['overload']['refusal_p99_ms']} rss_growth_pct={rss}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""One clip's whole preprocessing in a process that may die: decode, the model's processor, store.
+
+decord can crash its process on bad media. :class:`ClipProcessor` is a Ray actor that holds the
+model's processor and decodes, processes and stores one clip per call; a crash kills that actor's
+process only (Ray restarts it and the clip is retried a bounded number of times), and
+:class:`ProcessorPool` gives each call a deadline that starts when the clip reaches a warm
+processor, so loading the processor never counts as a hung decoder. The clip's pixels never
+cross the object store: only its metadata (grid, tokens per frame, timestamps) returns to the
+worker that tokenizes its records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from crashchat.video.decode import DecodeSpec, decode_clip
+from crashchat.video.probe import VideoProbe
+
+_BUILDERS: dict[str, Any] = {}  # model folder -> InputBuilder, one per task process
+
+
+def input_builder(model: str) -> Any:
+    """The model's :class:`~crashchat.video.model_inputs.InputBuilder`, loaded once per process."""
+    if model not in _BUILDERS:
+        from transformers import AutoProcessor
+
+        from crashchat.video.model_inputs import InputBuilder
+
+        _BUILDERS[model] = InputBuilder(
+            AutoProcessor.from_pretrained(model, trust_remote_code=False)
+        )
+    return _BUILDERS[model]
+
+
+def settings_key(spec: DecodeSpec, video_processor: Any) -> str:
+    """Digest of everything that shapes a clip's stored row: sampling, sizing, the processor."""
+    processor = video_processor.to_dict()
+    keep = {k: processor.get(k) for k in sorted(processor) if not k.startswith("_")}
+    spec_fields = {k: v for k, v in asdict(spec).items() if k != "fault_injection"}
+    text = json.dumps({"spec": spec_fields, "processor": keep}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(4 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def clip_key(file_digest: str, settings: str) -> str:
+    """A clip's key: its content and the settings it was processed with."""
+    return f"{file_digest[:32]}-{settings}"
+
+
+def process_clip(
+    path: str,
+    probe: VideoProbe,
+    spec: DecodeSpec,
+    model: str,
+    out: str,
+    key: str,
+    video: str,
+    file_digest: str,
+) -> dict[str, Any]:
+    """Decode ``path``, run the model's processor, store the clip row; returns it without pixels.
+
+    Raises:
+        RuntimeError: on a decoder error (decord's message).
+        ValueError: when the processor refuses the frames (the message says why).
+    """
+    import ray
+
+    from crashchat.video.samples import CLIP_META_COLUMNS, write_clip
+
+    clip = decode_clip(path, probe.width, probe.height, probe.frames, spec, probe.fps)
+    builder = input_builder(model)
+    vid = builder.video(clip.frames, clip.indices, clip.source_fps, clip.source_frames)
+    row = {
+        "clip_key": key,
+        "video": video,
+        "file_sha256": file_digest,
+        "settings_key": key.split("-")[-1],
+        "num_frames": len(clip.indices),
+        "timestamps": clip.timestamps,
+        "frame_indices": clip.indices,
+        "frame_tokens": vid.frame_tokens,
+        "pixel_values": vid.pixels.tobytes(),
+        "pixel_shape": list(vid.pixels.shape),
+        "video_grid_thw": vid.grid_thw,
+        "video_merge_size": vid.merge_size,
+        "video_compression_mask": vid.compression_mask,
+        "source_fps": clip.source_fps,
+        "source_frames": clip.source_frames,
+        "width": probe.width,
+        "height": probe.height,
+        "duration": probe.duration,
+        "codec": probe.codec,
+        "decode_node": ray.get_runtime_context().get_node_id(),
+    }
+    write_clip(out, row)
+    return {k: row[k] for k in CLIP_META_COLUMNS}
+
+
+class ClipProcessor:
+    """Ray actor: the model's processor, loaded once; decodes, processes and stores clips."""
+
+    def __init__(self, model: str, out: str) -> None:
+        self.model, self.out = model, out
+        input_builder(model)
+
+    def ready(self) -> bool:
+        """True once the processor is loaded (callers wait for it before giving work)."""
+        return True
+
+    def process(
+        self, path: str, probe: VideoProbe, spec: DecodeSpec, key: str, video: str, digest: str
+    ) -> dict[str, Any]:
+        """:func:`process_clip` of one clip in this process."""
+        return process_clip(path, probe, spec, self.model, self.out, key, video, digest)
+
+
+class ProcessorPool:
+    """A few :class:`ClipProcessor` actors, one clip at a time each, with crash retries and a
+    deadline per clip.
+
+    Args:
+        model: Model folder whose processor the actors load.
+        out: Dataset folder the clips are stored in.
+        size: Actors.
+        options: Ray actor options (resources, placement).
+        timeout_s: A clip whose processing takes longer is failed and its actor restarted (a
+            hung decoder); the clock starts when the clip reaches a ready actor.
+        retries: Further attempts of a clip whose actor process died.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        out: str,
+        size: int,
+        options: dict[str, Any],
+        timeout_s: float,
+        retries: int,
+    ) -> None:
+        import ray
+
+        self.timeout_s, self.retries = timeout_s, retries
+        cls = ray.remote(ClipProcessor).options(max_restarts=-1, max_task_retries=0, **options)
+        self.actors: list[Any] = [cls.remote(model, out) for _ in range(max(1, size))]
+        self.warming: dict[Any, Any] = {a.ready.remote(): a for a in self.actors}
+        self.idle: list[Any] = []
+
+    def run(self, jobs: dict[int, tuple[Any, ...]]) -> dict[int, dict[str, Any] | str]:
+        """Process ``jobs`` (index -> :meth:`ClipProcessor.process` arguments); returns the
+        clip metadata, or the reason it failed, by index."""
+        import ray
+
+        queue = deque(jobs)
+        attempts: dict[int, int] = dict.fromkeys(jobs, 0)
+        running: dict[Any, tuple[Any, int, float]] = {}
+        results: dict[int, dict[str, Any] | str] = {}
+        while queue or running:
+            while queue and self.idle:
+                i, actor = queue.popleft(), self.idle.pop()
+                attempts[i] += 1
+                running[actor.process.remote(*jobs[i])] = (actor, i, time.monotonic())
+            waiting = [*running, *self.warming]
+            done, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
+            for ref in done:
+                if ref in self.warming:
+                    self._warmed(ref)
+                else:
+                    self._finished(ref, running.pop(ref), attempts, queue, results)
+            self._expire(running, results)
+        return results
+
+    def _warmed(self, ref: Any) -> None:
+        import ray
+
+        actor = self.warming.pop(ref)
+        try:
+            ray.get(ref)
+            self.idle.append(actor)
+        except ray.exceptions.RayActorError:
+            self.warming[actor.ready.remote()] = actor  # died while starting: it restarts
+
+    def _finished(
+        self,
+        ref: Any,
+        call: tuple[Any, int, float],
+        attempts: dict[int, int],
+        queue: deque[int],
+        results: dict[int, dict[str, Any] | str],
+    ) -> None:
+        import ray
+
+        actor, i, _ = call
+        try:
+            results[i] = dict(ray.get(ref))
+            self.idle.append(actor)
+        except ray.exceptions.RayTaskError as exc:  # the clip's own error: no retry
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            results[i] = str(cause).splitlines()[-1] if str(cause) else type(cause).__name__
+            self.idle.append(actor)
+        except ray.exceptions.RayActorError as exc:  # the process died (decoder crash)
+            self.warming[actor.ready.remote()] = actor
+            if attempts[i] <= self.retries:
+                queue.appendleft(i)
+            else:
+                results[i] = (
+                    f"decoder process died ({type(exc).__name__}) on all {attempts[i]} attempt(s)"
+                )
+
+    def _expire(
+        self, running: dict[Any, tuple[Any, int, float]], results: dict[int, dict[str, Any] | str]
+    ) -> None:
+        """Fail clips past their deadline and restart their actors (a hung decoder)."""
+        import ray
+
+        now = time.monotonic()
+        for ref, (actor, i, started) in list(running.items()):
+            if now - started > self.timeout_s:
+                del running[ref]
+                ray.kill(actor, no_restart=False)
+                self.warming[actor.ready.remote()] = actor
+                results[i] = f"decode timed out after {self.timeout_s:.0f} s (processor restarted)"

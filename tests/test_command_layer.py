@@ -1,0 +1,105 @@
+"""One command layer: every job script is its CLI command, with the same options and defaults."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from crashchat.cli import command, run_command
+from crashchat.submission import COMMANDS, JOBS, SubmissionError, entrypoint, project_root
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_job(script: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"job_{Path(script).stem}", REPO / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # not __main__: defines COMMAND, runs nothing
+    return module
+
+
+def _options(cmd: object) -> dict[str, object]:
+    return {
+        opt: (p.default, p.required)
+        for p in getattr(cmd, "params", [])
+        for opt in p.opts
+        if opt != "--help"
+    }
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_job_script_is_its_cli_command(job: str) -> None:
+    module = _load_job(JOBS[job])
+    assert COMMANDS[job] == module.COMMAND
+    source = (REPO / JOBS[job]).read_text()
+    # Thin: no option of its own, nothing but the launch.
+    assert "argparse" not in source and "typer.Option" not in source
+    assert _options(command(COMMANDS[job])), f"{job}: command without options"
+
+
+@pytest.mark.parametrize("job", ["finetune", "serve"])
+def test_job_help_lists_exactly_the_commands_options(job: str) -> None:
+    script = f"jobs/{job}.py"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "COLUMNS": "200"}
+    out = subprocess.run(
+        [sys.executable, script, "--help"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    expected = {o for o in _options(command(_load_job(script).COMMAND)) if o.startswith("--")}
+    shown = {w.strip("│ ,") for w in out.stdout.split() if w.strip("│ ,").startswith("--")}
+    shown.discard("--help")
+    assert expected <= shown, expected - shown
+    assert f"Usage: {script}" in out.stdout  # the job's name, not the CLI's
+
+
+def test_run_command_returns_the_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_command("train", ["--help"], prog_name="jobs/finetune.py") == 0
+    assert "--strategy" in capsys.readouterr().out
+    assert run_command("train", ["--no-such-option"]) == 2
+    with pytest.raises(KeyError, match="no command 'serve nothing'"):
+        command("serve nothing")
+
+
+def test_submission_runs_the_script_or_the_module_without_a_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert entrypoint("train", ["--data", "a b"]) == "python jobs/finetune.py --data 'a b'"
+    assert (
+        entrypoint("serve", ["--registry", "x"], script=False)
+        == "python -m crashchat.cli serve deploy --registry x"
+    )
+    monkeypatch.delenv("CRASHCHAT_PROJECT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert project_root() == REPO  # found from the package (an editable install)
+    assert project_root(REPO) == REPO
+    with pytest.raises(SubmissionError, match="not a platform checkout"):
+        project_root(tmp_path)
+    monkeypatch.setenv("CRASHCHAT_PROJECT", str(tmp_path))
+    with pytest.raises(SubmissionError, match=str(tmp_path)):
+        project_root()
+
+
+def test_several_evaluations_are_named_for_their_output_folders() -> None:
+    from crashchat.cli.evaluate import evaluation_names
+
+    assert evaluation_names(
+        ["models:/crashchat@heterogeneous", "runs/ckpt/perception_centric/", "baseline=runs/m"]
+    ) == [
+        ("heterogeneous", "models:/crashchat@heterogeneous"),
+        ("perception_centric", "runs/ckpt/perception_centric/"),
+        ("baseline", "runs/m"),
+    ]
+    with pytest.raises(ValueError, match="NAME=REF"):
+        evaluation_names(["a/model", "b/model"])
