@@ -18,7 +18,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test lint typecheck pytest demo demo-cluster learn pretrain-base tiny-base clean help browser
+.PHONY: setup test lint typecheck pytest chaos demo demo-cluster learn pretrain-base tiny-base clean help browser
 
 help:
 	@echo "make demo   - set up .venv and run the end-to-end demo (synthetic data, tiny model)"
@@ -55,7 +55,11 @@ browser:
 	fi
 
 pytest: setup browser
-	$(BIN)/python -m pytest -q -m "not gpu" --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not gpu and not chaos" --durations=15 $(PYTEST_ARGS)
+
+# The chaos benchmark's quick mode with its checks (tests/test_chaos.py); about 10 minutes.
+chaos: setup
+	$(BIN)/python -m pytest -q -m chaos $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
