@@ -278,7 +278,8 @@ def preprocess_under_node_loss(work: Path, clips: int) -> dict[str, Any]:
             capture_output=True, text=True, timeout=180,
         )  # fmt: skip
 
-    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    address = cluster.address  # None once the cluster is shut down
+    ray.init(address=address, log_to_driver=False, configure_logging=False)
     try:
         cfg = PreprocessConfig(
             fps=2, max_frames=8, frame_size=56, workers=1, clips_per_batch=2, decode_retries=3
@@ -288,7 +289,7 @@ def preprocess_under_node_loss(work: Path, clips: int) -> dict[str, Any]:
     finally:
         ray.shutdown()
         cluster.shutdown()
-        stop_head(cluster.address)  # the node `ray start` brought back
+        stop_head(address)  # the node `ray start` brought back
     records = read_records_table(out)
     ids = Counter(records["record_id"].to_pylist())
     distinct = {file_sha256(p) for p in (data / "videos").glob("*.mp4")}
