@@ -289,3 +289,11 @@ def test_a_dashboard_url_in_ray_address_is_not_a_cluster_to_join(
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert resolve_address(None) == "auto"
     assert resolve_address("local") == "local"
+
+
+def test_a_path_with_a_nul_character_is_a_422() -> None:
+    from crashchat.serving.requests import RequestError, check_path
+
+    with pytest.raises(RequestError) as err:
+        check_path("a\x00b.mp4", ["/tmp"])
+    assert err.value.status == 422 and "NUL" in err.value.detail

@@ -88,6 +88,8 @@ def check_path(raw: Any, roots: list[str], field: str = "video_path") -> str:
     """
     if not isinstance(raw, str) or not raw.strip():
         raise RequestError(422, f"{field}: a non-empty string path is required")
+    if "\x00" in raw:  # the OS refuses it (ValueError, a 500 before; found by the API fuzzer)
+        raise RequestError(422, f"{field}: a path cannot contain a NUL character")
     if ".." in PurePosixPath(raw).parts:
         raise RequestError(403, f"{field}: '..' is not allowed in paths")
     if not roots:
