@@ -86,24 +86,28 @@ class BatchGenerator:
         """Left-padded model inputs for ``questions`` and the padded prompt length."""
         ids = [self.prompt_ids(q) for q in questions]
         width = max(len(i) for i in ids)
-        input_ids = torch.tensor(
-            [[self.pad_id] * (width - len(i)) + i for i in ids], dtype=torch.long
-        )
-        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], dtype=torch.long)
         videos = [q.clip.video for q in questions]
         model = self.loaded.model
-        pixels = self.builder.norm.to_float(concat_pixels(videos)).to(model.dtype)
+        # Built on the model's device: one transfer (the pixels), no copy of the small tensors.
+        dev = model.device
+        padded = [[self.pad_id] * (width - len(i)) + i for i in ids]
+        mask = [[0] * (width - len(i)) + [1] * len(i) for i in ids]
+        pixels = self.builder.norm.to_float(concat_pixels(videos))
         inputs = {
-            "input_ids": input_ids,
-            "attention_mask": mask,
-            "pixel_values_videos": pixels,
-            "video_grid_thw": torch.tensor([v.grid_thw for v in videos], dtype=torch.long),
-            "video_merge_sizes": torch.tensor([v.merge_size for v in videos], dtype=torch.long),
+            "input_ids": torch.tensor(padded, dtype=torch.long, device=dev),
+            "attention_mask": torch.tensor(mask, dtype=torch.long, device=dev),
+            "pixel_values_videos": pixels.to(dev, model.dtype),
+            "video_grid_thw": torch.tensor(
+                [v.grid_thw for v in videos], dtype=torch.long, device=dev
+            ),
+            "video_merge_sizes": torch.tensor(
+                [v.merge_size for v in videos], dtype=torch.long, device=dev
+            ),
             "video_compression_mask": torch.tensor(
-                [m for v in videos for m in v.compression_mask], dtype=torch.bool
+                [m for v in videos for m in v.compression_mask], dtype=torch.bool, device=dev
             ),
         }
-        return {k: v.to(model.device) for k, v in inputs.items()}, width
+        return inputs, width
 
     def _sampling(self, q: Question) -> dict[str, Any]:
         g = q.generation
