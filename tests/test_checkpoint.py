@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -104,15 +102,18 @@ def test_tampering_is_detected_naming_the_file(checkpoint, tmp_path: Path) -> No
 
 
 def test_verify_cli_exit_codes(checkpoint, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from crashchat.cli import app
+
     dest, _ = checkpoint
-    cli = [sys.executable, "-m", "crashchat.cli", "checkpoint", "verify"]
-    ok = subprocess.run([*cli, str(dest)], capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr
+    ok = CliRunner().invoke(app, ["checkpoint", "verify", str(dest)])
+    assert ok.exit_code == 0, ok.stderr
     assert json.loads(ok.stdout)["mixture"] == "crash_recognition"
     bad = _copy(dest, tmp_path / "bad")
     (bad / "prompts.json").write_text("{}")
-    out = subprocess.run([*cli, str(bad)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1
+    out = CliRunner().invoke(app, ["checkpoint", "verify", str(bad)])
+    assert out.exit_code == 1
     message = "".join(out.stderr.split())
     assert "bad/prompts.json:size2bytes,manifestsays" in message
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,6 @@ from crashchat.planning.resource_plan import build_plan, resolve_model
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "jobs/configs/videollama3-7b.yaml"
 UPSTREAM = REPO / "jobs/configs/models/videollama3-7b/config.json"
-CLI = [sys.executable, "-m", "crashchat.cli", "plan"]
 
 
 @pytest.fixture(scope="module")
@@ -85,18 +82,16 @@ def test_native_logits_cost_what_upstreams_supervised_logits_save(plan, cfg: Tra
 
 @pytest.mark.timeout(300)
 def test_cli_prints_the_plan_and_refuses_what_cannot_fit(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*CLI, "--config", str(CONFIG), "--json"], capture_output=True, text=True, timeout=240
-    )
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
-    assert out["fits"] and out["parameters"]["lora"] == 161_480_704
-    assert out["storage"]["retention_gb"] == pytest.approx(5 * out["storage"]["checkpoint_gb"])
-    # The JSON run above is a real process; the refusals run in-process (same command object).
+    # In process (the console script itself is run by test_packaging).
     from typer.testing import CliRunner
 
     from crashchat.cli import app
 
+    done = CliRunner().invoke(app, ["plan", "--config", str(CONFIG), "--json"])
+    assert done.exit_code == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["fits"] and out["parameters"]["lora"] == 161_480_704
+    assert out["storage"]["retention_gb"] == pytest.approx(5 * out["storage"]["checkpoint_gb"])
     refused = CliRunner().invoke(
         app, ["plan", "--config", str(CONFIG), "--set", "gradient_checkpointing=false"]
     )

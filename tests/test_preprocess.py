@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -221,17 +219,21 @@ def test_rerun_gives_the_same_rows(
 
 
 def test_cli_strict_mode_exits_non_zero_listing_failures(
-    bad_media: Path, tiny_model_dir: Path, tmp_path: Path
+    local_ray, bad_media: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    from typer.testing import CliRunner
+
+    from crashchat.cli import app
+
     only_bad = tmp_path / "ann"
     only_bad.mkdir()
     copy(
         bad_media / "crashchat_bad_crash_recognition_test.json",
         only_bad / "crashchat_bad_crash_recognition_test.json",
     )
-    exe = Path(sys.executable).parent / "crashchat"
+    # In process on the module's Ray (the command joins a connected Ray); the console script
+    # itself is run by test_packaging.
     base = [
-        str(exe),
         "preprocess",
         "--annotations",
         str(only_bad),
@@ -246,12 +248,12 @@ def test_cli_strict_mode_exits_non_zero_listing_failures(
         "--set",
         "decode_retries=0",
     ]
-    lenient = subprocess.run(base, capture_output=True, text=True, timeout=300)
-    assert lenient.returncode == 0, lenient.stderr[-2000:]
+    lenient = CliRunner().invoke(app, base)
+    assert lenient.exit_code == 0, lenient.output[-2000:]
     summary = json.loads(lenient.stdout)
     assert summary["samples"] == 0 and summary["failures"] == len(BAD) + 1
-    strict = subprocess.run([*base, "--strict"], capture_output=True, text=True, timeout=300)
-    assert strict.returncode == 1
+    strict = CliRunner().invoke(app, [*base, "--strict"])
+    assert strict.exit_code == 1
     assert "strict mode" in strict.stderr and "zero.mp4" in strict.stderr
 
 
@@ -283,7 +285,7 @@ def test_a_hung_decoder_is_cancelled_and_the_rest_finishes(
     ann = synth_dir / "crashchat_synth_crash_recognition_train.json"
     records = json.loads(ann.read_text())
     hung = records[0]["video"][0]
-    cfg = PreprocessConfig(fault_injection=f"hang:{Path(hung).name}", decode_timeout_s=5)
+    cfg = PreprocessConfig(fault_injection=f"hang:{Path(hung).name}", decode_timeout_s=5, fps=2)
     result = run_preprocess([ann], synth_dir, tiny_model_dir, tmp_path, cfg, address=None)
     assert result.samples == len(records) - 1
     [failure] = result.failures
@@ -354,10 +356,11 @@ def test_adding_clips_decodes_only_the_new_ones(
     ann.mkdir()
     write_annotation_file(ann / source.name, head)
     out = tmp_path / "out"
-    run_preprocess([ann], synth_dir, tiny_model_dir, out, address=None)
+    cfg = PreprocessConfig(fps=2)  # reuse is what is tested: few frames keep it quick
+    run_preprocess([ann], synth_dir, tiny_model_dir, out, cfg, address=None)
     before = {k: (out / "clips" / f"{k}.parquet").stat().st_mtime_ns for k in stored_clip_keys(out)}
     write_annotation_file(ann / source.name, head + tail)
-    again = run_preprocess([ann], synth_dir, tiny_model_dir, out, address=None)
+    again = run_preprocess([ann], synth_dir, tiny_model_dir, out, cfg, address=None)
     counts = again.manifest["counts"]
     assert (counts["clips_decoded"], counts["clips_reused"]) == (2, len(head))
     for key, mtime in before.items():  # the stored clips were not rewritten
@@ -365,7 +368,7 @@ def test_adding_clips_decodes_only_the_new_ones(
     assert again.samples == len(first)
     # Dropping records drops their clips.
     write_annotation_file(ann / source.name, head[:1])
-    third = run_preprocess([ann], synth_dir, tiny_model_dir, out, address=None)
+    third = run_preprocess([ann], synth_dir, tiny_model_dir, out, cfg, address=None)
     assert third.manifest["counts"]["clips_removed"] == len(first) - 1
     assert len(stored_clip_keys(out)) == 1
 

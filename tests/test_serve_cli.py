@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+from typer.testing import CliRunner, Result
 
 from crashchat.local_cluster import free_port, head_processes
 from helpers import make_checkpoints
@@ -183,12 +184,11 @@ def test_detached_serve_outlives_its_command_until_down(
             stop_head(address)
 
 
-def _serve_config(out: Path, checkpoints: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, "serve", "config", "--out", str(out), "--checkpoints", str(checkpoints), *extra],
-        capture_output=True,
-        text=True,
-        timeout=120,
+def _serve_config(out: Path, checkpoints: Path, *extra: str) -> Result:
+    from crashchat.cli import app
+
+    return CliRunner().invoke(
+        app, ["serve", "config", "--out", str(out), "--checkpoints", str(checkpoints), *extra]
     )
 
 
@@ -198,7 +198,7 @@ def test_serve_config_command_writes_a_deployable_file(checkpoints: Path, tmp_pa
     out = tmp_path / "serve" / "tiny.yaml"
     config = ["--config", str(REPO / "serve/tiny.yaml"), "--max-upload-mb", "12"]
     done = _serve_config(out, checkpoints, *config)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.exit_code == 0, done.stderr[-2000:]
     import yaml
 
     data = yaml.safe_load(out.read_text())
@@ -209,7 +209,7 @@ def test_serve_config_command_writes_a_deployable_file(checkpoints: Path, tmp_pa
     assert "cluster_env" not in json.loads(done.stdout.strip().splitlines()[-1])
     # HAProxy ingress is the cluster's setting, not the file's: the command says what to set.
     again = _serve_config(out, checkpoints, "--set", "ingress=haproxy")
-    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.exit_code == 0, again.stderr[-2000:]
     info = json.loads(again.stdout.strip().splitlines()[-1])
     assert info["cluster_env"]["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     ServeDeploySchema.model_validate(yaml.safe_load(out.read_text()))

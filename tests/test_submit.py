@@ -84,6 +84,11 @@ def test_pipeline_job_succeeds_and_mlflow_holds_its_runs(
         str(REPO / "jobs/configs/pipeline-tiny.yaml"),
         "--set",
         f"serve.port={port}",
+        # The test checks the stages' wiring, not learning: two steps, one evaluated task.
+        "--set",
+        "train.schedule.max_steps=2",
+        "--set",
+        "evaluate.tasks=[crash_recognition]",
         "--annotations",
         str(synth_dir),
         "--video-root",

@@ -137,7 +137,7 @@ def _stages(
         models["baseline"] = inputs.model
     for name, model in models.items():
         ev = run_evaluation(str(model), out / "eval" / name, cfg.evaluate, data=eval_data)
-        _line(report, "evaluate", model=name, **ev.summary())
+        _line(report, "evaluate", **{**ev.summary(), "name": name})
     if cfg.compare:
         tracking = cfg.train.tracking
         comp, _files, run_id = run_compare(
