@@ -79,18 +79,34 @@ def make_clips(
     return root
 
 
+# One record per task and clip, as a CrashChat clip with all six tasks (answers in each task's
+# strict format: the validation refuses anything else).
+ANSWERS = {
+    "crash_recognition": "Yes",
+    "crash_description": "The car turns left and hits the truck coming the other way.",
+    "causal_reasoning": "The car turned without yielding to oncoming traffic.",
+    "prevention_reasoning": "The car should have waited until the lane was clear.",
+    "pre_crash_localization": "2.5 seconds",
+    "crash_localization": "3.0 - 5.0 seconds",
+}
+
+
+def task_records() -> list[tuple[str, str, str, str]]:
+    """(task, task file name, prompt, answer) of the six tasks, in one order for every loop."""
+    from crashchat.data.synth.labels import PROMPTS
+    from crashchat.data.tasks import TASKS
+
+    return [(k, TASKS[k].file_name, PROMPTS[k], a) for k, a in ANSWERS.items()]
+
+
 def write_annotations(folder: Path, paths: list[Path]) -> Path:
-    """Six records per clip (six task-like prompts), like a CrashChat clip with all six tasks."""
+    """Six records per clip, one per task file, with the tasks' own prompts."""
     from crashchat.data.annotations import make_record, write_annotation_file
 
     folder.mkdir(parents=True)
-    prompts = [
-        f"Question {i}: is there a crash? Answer Yes or No." for i in range(RECORDS_PER_CLIP)
-    ]
-    records = [
-        make_record(f"videos/{p.name}", prompt, "Yes", "BENCH") for p in paths for prompt in prompts
-    ]
-    write_annotation_file(folder / "crashchat_bench_crash_recognition_test.json", records)
+    for _, file_name, prompt, answer in task_records():
+        records = [make_record(f"videos/{p.name}", prompt, answer, "BENCH") for p in paths]
+        write_annotation_file(folder / f"crashchat_bench_{file_name}_test.json", records)
     return folder
 
 
@@ -122,8 +138,8 @@ def naive(paths: list[Path], model: Path, frame_size: int | None, budget: int) -
         )
         arr = resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         vid = builder.video(arr, idx, fps, len(vr))
-        for i in range(RECORDS_PER_CLIP):
-            builder.tokens(vid, f"Question {i}: is there a crash? Answer Yes or No.", "Yes")
+        for _, _, prompt, answer in task_records():
+            builder.tokens(vid, prompt, answer)
         frames += len(idx)
     return frames
 
@@ -155,12 +171,10 @@ def _ceiling_clip(job: tuple[str, str, str, int | None, int, int]) -> int:
         "duration": probe.duration, "codec": probe.codec, "decode_node": "",
     })  # fmt: skip
     rows = []
-    for i in range(RECORDS_PER_CLIP):
-        ids, labels = builder.tokens(
-            vid, f"Question {i}: is there a crash? Answer Yes or No.", "Yes"
-        )
-        rows.append({"record_id": f"{index}-{i}", "task": "crash_recognition", "split": "test",
-                     "video": path, "source": "BENCH", "prompt": "q", "answer": "Yes",
+    for i, (task, _, prompt, answer) in enumerate(task_records()):
+        ids, labels = builder.tokens(vid, prompt, answer)
+        rows.append({"record_id": f"{index}-{i}", "task": task, "split": "test",
+                     "video": path, "source": "BENCH", "prompt": prompt, "answer": answer,
                      "clip_key": key, "input_ids": ids, "labels": labels})  # fmt: skip
     write_records(out, index, rows)
     return len(clip.indices)

@@ -26,10 +26,10 @@ class SynthConfig(StrictModel):
     videos: int = Field(60, ge=1, description="Number of clips to generate.")
     seed: int = Field(0, description="Random seed; the same seed gives the same dataset.")
     width: int = Field(
-        112, ge=32, le=1024, multiple_of=2, description="Frame width in pixels (even)."
+        112, ge=32, le=1920, multiple_of=2, description="Frame width in pixels (even)."
     )
     height: int = Field(
-        112, ge=32, le=1024, multiple_of=2, description="Frame height in pixels (even)."
+        112, ge=32, le=1080, multiple_of=2, description="Frame height in pixels (even)."
     )
     fps: int = Field(10, ge=1, le=60, description="Frame rate of the written mp4 files.")
     min_duration: float = Field(3.0, gt=0, description="Shortest clip, seconds.")
