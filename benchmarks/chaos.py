@@ -342,6 +342,7 @@ def overload(work: Path, data: Path, ckpts: Path, seconds: float) -> dict[str, A
     url = serve_up(ckpts, [data], "proxy", state, [
         "model.max_queued_requests=4", "model.autoscaling.max_replicas=1",
         "decoder.max_queued_requests=4", "decoder.autoscaling.max_replicas=1",
+        "limits.max_in_flight=8",
     ])  # fmt: skip
     body = {"video_path": str(clip), "tasks": ["crash_recognition"]}
     try:

@@ -297,3 +297,29 @@ def test_a_path_with_a_nul_character_is_a_422() -> None:
     with pytest.raises(RequestError) as err:
         check_path("a\x00b.mp4", ["/tmp"])
     assert err.value.status == 422 and "NUL" in err.value.detail
+
+
+def test_router_refuses_past_max_in_flight_at_once_and_counts_back_down() -> None:
+    """limits.max_in_flight: the overload refusal happens before any work (the chaos benchmark's
+    overload phase found refusals waiting seconds for the deployments' queues)."""
+    from types import SimpleNamespace
+
+    from crashchat.serving.app import Router
+    from crashchat.serving.requests import RequestError
+
+    cfg = ServeConfig()
+    cfg.limits.max_in_flight = 2
+    router = SimpleNamespace(cfg=cfg, in_flight=0)
+    with Router._admitted(router), Router._admitted(router):  # type: ignore[arg-type]
+        assert router.in_flight == 2
+        with pytest.raises(RequestError) as refused, Router._admitted(router):  # type: ignore[arg-type]
+            pass
+        assert refused.value.status == 503 and "2 requests in flight" in refused.value.detail
+        assert refused.value.headers == {"Retry-After": str(cfg.limits.retry_after_s)}
+    assert router.in_flight == 0
+    with pytest.raises(ValueError), Router._admitted(router):  # type: ignore[arg-type]
+        raise ValueError("the work failed")
+    assert router.in_flight == 0  # a failed request leaves the count
+    router.cfg = ServeConfig()  # no bound by default
+    with Router._admitted(router), Router._admitted(router), Router._admitted(router):  # type: ignore[arg-type]
+        assert router.in_flight == 3

@@ -560,6 +560,13 @@ class ServeLimits(StrictModel):
     max_batch_items: int = Field(10_000, ge=1, description="Items accepted in one /v1/batch.")
     batch_concurrency: int = Field(8, ge=1, description="Items of one batch in flight at once.")
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503.")
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Requests (analyze, chat) one router replica works on at once; past it, a "
+        "503 + Retry-After at once, before any work (None: no bound, only the deployments' "
+        "queues refuse, after the request waited its turn).",
+    )
     replica_retries: int = Field(
         2,
         ge=0,

@@ -5,11 +5,12 @@ them into the Serve application.
 
 # No ``from __future__ import annotations``: FastAPI must see real types on the routes.
 import asyncio
+import contextlib
 import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,7 @@ class Router:
         self.groups = {n: processor_group(c) for n, c in self.catalog.checkpoints.items()}
         self.token = os.environ.get(self.cfg.token_env) or None
         self.created = int(time.time())
+        self.in_flight = 0  # analyze and chat requests being worked on (limits.max_in_flight)
         # A chat message equal to a task's prompt is that task (whitespace aside).
         self.task_of_prompt = {
             openai_api.normalize_prompt(p): t
@@ -299,6 +301,22 @@ class Router:
             },
         }
 
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        """Count a request in flight; refuse it at once (503) when the router is full."""
+        limit = self.cfg.limits.max_in_flight
+        if limit is not None and self.in_flight >= limit:
+            raise RequestError(
+                503,
+                f"the endpoint is at capacity ({limit} requests in flight); retry later",
+                {"Retry-After": str(self.cfg.limits.retry_after_s)},
+            )
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
     async def _with_timeout(self, coro: Any) -> Any:
         try:
             # A timeout scope, not wait_for: the work stays in the request's task, so the
@@ -334,8 +352,9 @@ class Router:
         """
         try:
             self._auth(request)
-            source, tasks, checkpoint = await self._parse_analyze(request)
-            out = await self._with_timeout(self.analyze_source(source, tasks, checkpoint))
+            with self._admitted():
+                source, tasks, checkpoint = await self._parse_analyze(request)
+                out = await self._with_timeout(self.analyze_source(source, tasks, checkpoint))
         except RequestError as exc:
             return _error(exc.status, exc.detail, exc.headers)
         return JSONResponse({"id": uuid.uuid4().hex[:12]} | out)
@@ -517,18 +536,19 @@ class Router:
         video_bytes = int(limits.max_upload_mb * 2**20)
         try:
             self._auth(request)
-            body = await self._read_json(
-                request,
-                limit=video_bytes * 4 // 3 + 2**20,  # base64 is 4/3 of the video, plus the JSON
-                what=f"the video may be at most {limits.max_upload_mb:g} MiB (above the "
-                f"{limits.max_upload_mb:g} MiB limit once base64-decoded)",
-            )
-            req = openai_api.parse_chat_request(
-                body, video_bytes, limits.allowed_roots, self.cfg.openai.max_tokens_limit,
-                (self.cfg.openai.min_fps, self.cfg.openai.max_fps),
-                (pre.min_frames, pre.max_frames),
-            )  # fmt: skip
-            out = await self._with_timeout(self._chat_answer(req))
+            with self._admitted():
+                body = await self._read_json(
+                    request,
+                    limit=video_bytes * 4 // 3 + 2**20,  # base64: 4/3 of the video, plus JSON
+                    what=f"the video may be at most {limits.max_upload_mb:g} MiB (above the "
+                    f"{limits.max_upload_mb:g} MiB limit once base64-decoded)",
+                )
+                req = openai_api.parse_chat_request(
+                    body, video_bytes, limits.allowed_roots, self.cfg.openai.max_tokens_limit,
+                    (self.cfg.openai.min_fps, self.cfg.openai.max_fps),
+                    (pre.min_frames, pre.max_frames),
+                )  # fmt: skip
+                out = await self._with_timeout(self._chat_answer(req))
         except RequestError as exc:
             return _openai_error(exc.status, exc.detail, exc.param, exc.headers)
         except Exception as exc:  # the model failed: a server error in OpenAI's shape
