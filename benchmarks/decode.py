@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-RECORDS_PER_CLIP = 6
 BUDGETS = {
     # name: (width, height, fps, seconds, frame_size, max_visual_tokens, compression)
     "tiny": (320, 240, 30, 8.0, 56, 16384, False),
@@ -89,6 +88,7 @@ ANSWERS = {
     "pre_crash_localization": "2.5 seconds",
     "crash_localization": "3.0 - 5.0 seconds",
 }
+RECORDS_PER_CLIP = len(ANSWERS)
 
 
 def task_records() -> list[tuple[str, str, str, str]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -49,3 +51,13 @@ def make_checkpoints(
             model_dir, root / name, meta, {t: prompts[t] for t in mixture.tasks}, seed
         )
     return root
+
+
+def load_file_module(path: Path, name: str) -> ModuleType:
+    """Import a script (a job, a benchmark, an upstream file) by path, not as ``__main__``: its
+    definitions load, its ``if __name__ == "__main__"`` block does not run."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

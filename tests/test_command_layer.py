@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,16 +12,13 @@ import pytest
 
 from crashchat.cli import command, run_command
 from crashchat.submission import COMMANDS, JOBS, SubmissionError, entrypoint, project_root
+from helpers import load_file_module
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_job(script: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"job_{Path(script).stem}", REPO / script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # not __main__: defines COMMAND, runs nothing
-    return module
+    return load_file_module(REPO / script, f"job_{Path(script).stem}")  # defines COMMAND only
 
 
 def _options(cmd: object) -> dict[str, object]:

@@ -10,7 +10,6 @@ Nothing of upstream's code is kept in this repository.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -24,6 +23,7 @@ import pytest
 
 from crashchat.evaluation.metrics import crash_starts_from, task_metrics
 from crashchat.evaluation.predictions import build_record
+from helpers import load_file_module
 
 SCRIPTS = os.environ.get("CRASHCHAT_UPSTREAM_SCRIPTS", "")
 pytestmark = pytest.mark.skipif(
@@ -176,10 +176,7 @@ def _bert_score_stub() -> types.ModuleType:
 def _run_script(task: str, pred: Path, out: Path, tl_gt: Path) -> dict[str, float]:
     """Load upstream's script for ``task``, point it at our files, run it, parse its printout."""
     path = Path(SCRIPTS, SCRIPT[task])
-    spec = importlib.util.spec_from_file_location(f"upstream_{path.stem}", path)
-    assert spec and spec.loader
-    module: Any = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module: Any = load_file_module(path, f"upstream_{path.stem}")
     module.PRED_JSON, module.OUTPUT_DIR = str(pred), str(out)
     module.OUTPUT_TXT, module.OUTPUT_CSV = str(out / "metrics.txt"), str(out / "metrics.csv")
     module.TL_GT_JSON = str(tl_gt)

@@ -93,19 +93,16 @@ class BatchGenerator:
         padded = [[self.pad_id] * (width - len(i)) + i for i in ids]
         mask = [[0] * (width - len(i)) + [1] * len(i) for i in ids]
         pixels = self.builder.norm.to_float(concat_pixels(videos))
+        grids = [v.grid_thw for v in videos]
+        merges = [v.merge_size for v in videos]
+        compress = [m for v in videos for m in v.compression_mask]
         inputs = {
             "input_ids": torch.tensor(padded, dtype=torch.long, device=dev),
             "attention_mask": torch.tensor(mask, dtype=torch.long, device=dev),
             "pixel_values_videos": pixels.to(dev, model.dtype),
-            "video_grid_thw": torch.tensor(
-                [v.grid_thw for v in videos], dtype=torch.long, device=dev
-            ),
-            "video_merge_sizes": torch.tensor(
-                [v.merge_size for v in videos], dtype=torch.long, device=dev
-            ),
-            "video_compression_mask": torch.tensor(
-                [m for v in videos for m in v.compression_mask], dtype=torch.bool, device=dev
-            ),
+            "video_grid_thw": torch.tensor(grids, dtype=torch.long, device=dev),
+            "video_merge_sizes": torch.tensor(merges, dtype=torch.long, device=dev),
+            "video_compression_mask": torch.tensor(compress, dtype=torch.bool, device=dev),
         }
         return inputs, width
 
