@@ -100,6 +100,17 @@ def test_pipeline_job_succeeds_and_mlflow_holds_its_runs(
     )
     assert code == 0 and result["status"] == "SUCCEEDED", logs[-4000:]
     assert '"stage": "compare"' in logs  # the job's own output streamed back
+    stages = [json.loads(x[x.index('{"stage"') :]) for x in logs.splitlines() if '{"stage"' in x]
+    assert [s["stage"] for s in stages] == [
+        "preprocess",
+        "train",
+        "evaluate",
+        "evaluate",
+        "compare",
+        "serve",
+    ]
+    assert all(s["seconds"] >= 0 for s in stages)
+    print([(s["stage"], s["seconds"]) for s in stages])  # where the job's time went (pytest -rP)
     assert (out / "checkpoints" / "crash_recognition" / "manifest.json").is_file()
     assert (out / "comparison" / "comparison.md").is_file()
     client = MlflowClient(tracking_uri=f"sqlite:///{db}", registry_uri=f"sqlite:///{db}")

@@ -7,11 +7,12 @@ and a tracking server that dies mid-run.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,21 @@ MIXTURE = "linguistic_centric"
 
 
 @pytest.fixture(scope="module")
-def local_ray():  # type: ignore[no-untyped-def]
-    start_local_ray(2)
+def extensions_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An empty DeepSpeed JIT-op cache for this module's workers: what they compile lands here."""
+    path = tmp_path_factory.mktemp("torch_extensions")
+    before = os.environ.get("TORCH_EXTENSIONS_DIR")
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("TORCH_EXTENSIONS_DIR")
+    else:
+        os.environ["TORCH_EXTENSIONS_DIR"] = before
+
+
+@pytest.fixture(scope="module")
+def local_ray(extensions_dir: Path):  # type: ignore[no-untyped-def]
+    start_local_ray(2)  # its workers inherit the environment, hence the empty cache above
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
@@ -133,6 +147,12 @@ def test_train_one_mixture_end_to_end(trained, tiny_model_dir: Path) -> None:  #
     assert "checkpoint" in {a.path for a in client.list_artifacts(res.run_id)}
     # Ray Train kept only the newest checkpoint; the platform checkpoint is still the best step's.
     assert len(list((out / "_ray").rglob("checkpoint_*/state.json"))) == 1
+
+
+def test_cpu_training_compiles_no_deepspeed_op(trained, extensions_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    # DeepSpeed's CPU backend would JIT-compile its inference shm op (~45 s per machine).
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(extensions_dir)
+    assert list(extensions_dir.iterdir()) == []
 
 
 def test_training_runs_record_their_data_code_and_machine(trained, train_data: Path) -> None:  # type: ignore[no-untyped-def]

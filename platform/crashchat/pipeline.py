@@ -14,6 +14,7 @@ cluster's Serve after the run ends.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,18 @@ class PipelineInputs:
 def _line(report: Report, stage: str, **fields: Any) -> None:
     """Report one finished stage: its name and results."""
     report({"stage": stage, **fields})
+
+
+def timed(report: Report) -> Report:
+    """``report`` with each stage's wall time (``seconds``, since the previous stage ended)."""
+    last = [time.monotonic()]
+
+    def send(stage: dict[str, Any]) -> None:
+        now = time.monotonic()
+        report({**stage, "seconds": round(now - last[0], 1)})
+        last[0] = now
+
+    return send
 
 
 def print_stage(stage: dict[str, Any]) -> None:
@@ -163,7 +176,8 @@ def run_pipeline(
             training config's experiment (one experiment for the whole pipeline).
         inputs: Absolute paths (:meth:`PipelineInputs.resolved`).
         address: Ray address as :func:`~crashchat.ray_utils.ensure_ray` takes it.
-        report: Receives each finished stage's results (``{"stage": NAME, ...}``).
+        report: Receives each finished stage's results (``{"stage": NAME, ..., "seconds": S}``,
+            S the stage's wall time).
         on_event: Receives progress messages.
 
     Returns:
@@ -179,7 +193,7 @@ def run_pipeline(
     cfg.evaluate.tracking = cfg.train.tracking
     started = ensure_ray(address)  # one connection: the stages reuse it
     try:
-        return _stages(cfg, inputs, mixtures, report, on_event)
+        return _stages(cfg, inputs, mixtures, timed(report), on_event)
     finally:
         if started:
             import ray

@@ -188,6 +188,19 @@ class RayTrainEnv:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)))
 
 
+def skip_cpu_inference_comm_op() -> None:
+    """Keep DeepSpeed's CPU backend from compiling its shared-memory op on first use.
+
+    On the CPU accelerator ``deepspeed.init_distributed`` JIT-compiles ``deepspeed_shm_comm``
+    (about 45 s of C++ on 2 cores, once per machine) although only ``inference_all_reduce`` uses
+    it; training's collectives go through the gloo process group either way. Marking the op
+    incompatible is what DeepSpeed itself does on a machine that cannot build it.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 class Worker:
     """One training worker: model engine, data shards, state; methods follow the loop's phases."""
 
@@ -198,6 +211,8 @@ class Worker:
         self.cfg = cfg = TrainConfig.model_validate(spec.config)
         self.env = env = env or RayTrainEnv()
         self.rank, self.world = env.rank, env.world
+        if not cfg.scaling.use_gpu:
+            skip_cpu_inference_comm_op()
         deepspeed.init_distributed(dist_backend="nccl" if cfg.scaling.use_gpu else "gloo")
         torch.manual_seed(cfg.seed)
         self.device = (
