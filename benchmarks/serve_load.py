@@ -12,8 +12,10 @@ loopback only and bounded in requests and time:
   (c) router overhead: one request at a time, p50 latency over HTTP through the router minus p50
       of the same work done by calling the decoder and model deployment handles directly (the
       two alternate, so drift weighs on both alike; one-token answers, so the model's time and
-      its noise do not drown the router's). ``--ingress proxy`` measures Ray Serve's Python proxy
-      in front of the router instead of its HAProxy ingress (the default here).
+      its noise do not drown the router's), for both APIs in turn, so the OpenAI route's cost
+      over ``/v1/analyze`` is a paired difference (``openai_minus_analyze_p50_ms``).
+      ``--ingress proxy`` measures Ray Serve's Python proxy in front of the router instead of
+      its HAProxy ingress (the default here).
 ``--api openai`` sends the same work as OpenAI chat completions (``POST /v1/chat/completions``,
 the clip as a ``file://`` video part, the task's prompt as text) instead of ``/v1/analyze``.
 Last line: ``batching_speedup=X router_overhead_ms_p50=Y p99_ms=Z error_rate=E``.
@@ -259,22 +261,27 @@ def main() -> None:
 
             # A one-token answer, so model time (and its noise) does not drown the overhead.
             _deploy(catalog, cfg, 8, answer_tokens=1)
-            # Interleaved, so drift (autoscaling, caches) weighs on both paths alike.
+            # Interleaved, so drift (autoscaling, caches) weighs on every path alike; both APIs
+            # every round, so the OpenAI route's cost over /v1/analyze is a paired difference.
             direct_call = _direct_call(catalog, clip)
-            http_lat, direct_lat = [], []
+            prompt = catalog.checkpoints[TASK].prompts[TASK]
+            apis = {a: _request(a, cfg.port, clip, prompt) for a in ("analyze", "openai")}
+            lat: dict[str, list[float]] = {"analyze": [], "openai": [], "direct": []}
             session = requests.Session()  # keep-alive, as bulk clients and the load phase use
             for _ in range(args.sequential):
-                start = time.perf_counter()
-                session.post(url, json=body, timeout=60).raise_for_status()
-                http_lat.append((time.perf_counter() - start) * 1000)
+                for api, (api_url, api_body) in apis.items():
+                    start = time.perf_counter()
+                    session.post(api_url, json=api_body, timeout=60).raise_for_status()
+                    lat[api].append((time.perf_counter() - start) * 1000)
                 start = time.perf_counter()
                 direct_call()
-                direct_lat.append((time.perf_counter() - start) * 1000)
-            http_p50, direct = statistics.median(http_lat), statistics.median(direct_lat)
-            paired = statistics.median(h - d for h, d in zip(http_lat, direct_lat, strict=True))
-            line = {"ingress": args.ingress, "api": args.api, "http_p50_ms": http_p50}
-            line["direct_p50_ms"] = direct
-            print(json.dumps(line | {"paired_difference_p50_ms": paired}), flush=True)
+                lat["direct"].append((time.perf_counter() - start) * 1000)
+            http_p50, direct = statistics.median(lat[args.api]), statistics.median(lat["direct"])
+            pairs = zip(lat["openai"], lat["analyze"], strict=True)
+            line = {"ingress": args.ingress, "api": args.api, "direct_p50_ms": direct}
+            line |= {f"{a}_http_p50_ms": statistics.median(lat[a]) for a in apis}
+            line["openai_minus_analyze_p50_ms"] = statistics.median(o - a for o, a in pairs)
+            print(json.dumps(line), flush=True)
         finally:
             serve.shutdown()
             ray.shutdown()

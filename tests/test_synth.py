@@ -39,6 +39,20 @@ def test_same_seed_same_dataset(tmp_path: Path, synth_dir: Path) -> None:
     assert plan(8) != plan(7)
 
 
+def test_texture_gives_frames_detail_and_stays_deterministic(tmp_path: Path) -> None:
+    def first_frame(name: str, texture: int) -> np.ndarray:
+        cfg = SynthConfig(videos=1, seed=3, min_duration=2.5, max_duration=2.5, texture=texture)
+        out = generate_dataset(tmp_path / name, cfg).out
+        (clip,) = (out / "videos").glob("*.mp4")
+        return decord.VideoReader(str(clip), ctx=decord.cpu(0), num_threads=1)[0].asnumpy()
+
+    flat, grain, again = first_frame("flat", 0), first_frame("grain", 24), first_frame("again", 24)
+    road = (slice(60, 90), slice(5, 25))  # asphalt: left of the lane lines, below the light
+    assert flat[road].std() < 2 < 6 < grain[road].std()
+    assert np.array_equal(grain, again)
+    assert abs(float(grain[road].mean()) - float(flat[road].mean())) < 6  # same scene beneath
+
+
 def test_files_named_like_upstream_and_valid(synth_dir: Path) -> None:
     names = {p.name for p in synth_dir.glob("crashchat_*.json")}
     for split in ("train", "val", "test"):

@@ -38,6 +38,14 @@ class SynthConfig(StrictModel):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of clips in the val split.")
     test_fraction: float = Field(0.1, ge=0, lt=1, description="Share of clips in the test split.")
     dataset: str = Field("synth", pattern=r"^[a-z0-9]+$", description="Dataset part of file names.")
+    texture: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Amplitude of a grain texture drifting with a camera's ego-motion, plus sensor "
+        "noise (benchmarks: real footage's detail makes decoding and storage cost what real clips "
+        "cost). 0: the flat frames the tiny model learns from.",
+    )
 
     @model_validator(mode="after")
     def _check_ranges(self) -> SynthConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,14 @@ def generate_dataset(
     out = Path(out)
     scenes = plan_scenes(cfg)
     for scene in scenes:
-        frames = render_frames(scene, cfg.fps, cfg.width, cfg.height)
+        frames = render_frames(
+            scene,
+            cfg.fps,
+            cfg.width,
+            cfg.height,
+            cfg.texture,
+            zlib.crc32(f"{cfg.seed}/{scene.clip_id}".encode()),
+        )
         write_mp4(out / "videos" / f"{scene.clip_id}.mp4", frames, cfg.fps)
         if on_clip is not None:
             on_clip(scene)

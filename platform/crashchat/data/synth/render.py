@@ -107,11 +107,30 @@ def render_frame(
     return img
 
 
-def render_frames(scene: Scene, fps: int, width: int, height: int) -> np.ndarray:
-    """All frames of the clip, shape (T, H, W, 3)."""
+def render_frames(
+    scene: Scene, fps: int, width: int, height: int, texture: int = 0, seed: int = 0
+) -> np.ndarray:
+    """All frames of the clip, shape (T, H, W, 3); ``texture`` > 0 adds :func:`add_texture`."""
     n = round(scene.duration * fps)
     bg = _background(width, height, scene.light_red)
-    return np.stack([render_frame(scene, i / fps, width, height, bg) for i in range(n)])
+    frames = np.stack([render_frame(scene, i / fps, width, height, bg) for i in range(n)])
+    return add_texture(frames, texture, seed) if texture else frames
+
+
+def add_texture(frames: np.ndarray, amplitude: int, seed: int) -> np.ndarray:
+    """Camera-like detail: a grain field drifting 2 px per frame, as under a camera's ego-motion.
+
+    Flat synthetic frames decode and compress far better than real footage, so a benchmark on
+    them says little; with this grain every frame has detail everywhere, and the encoder follows
+    it with motion vectors as it does real footage (amplitude 24: about 4 Mbit/s at 720p30).
+    """
+    t, h, w, _ = frames.shape
+    rng = np.random.default_rng(seed)
+    grain = rng.integers(-amplitude, amplitude + 1, (h, w + 2 * t, 3), dtype=np.int16)
+    for i in range(t):  # in place: a 10 s HD clip is already 0.8 GB of frames
+        noisy = frames[i] + grain[:, 2 * i : 2 * i + w]
+        frames[i] = np.clip(noisy, 0, 255).astype(np.uint8)
+    return frames
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> Path:
