@@ -268,8 +268,9 @@ def main() -> None:
             apis = {a: _request(a, cfg.port, clip, prompt) for a in ("analyze", "openai")}
             lat: dict[str, list[float]] = {"analyze": [], "openai": [], "direct": []}
             session = requests.Session()  # keep-alive, as bulk clients and the load phase use
-            for _ in range(args.sequential):
-                for api, (api_url, api_body) in apis.items():
+            for i in range(args.sequential):
+                order = list(apis.items())
+                for api, (api_url, api_body) in order if i % 2 else order[::-1]:  # no order bias
                     start = time.perf_counter()
                     session.post(api_url, json=api_body, timeout=60).raise_for_status()
                     lat[api].append((time.perf_counter() - start) * 1000)
