@@ -14,7 +14,8 @@ Loopback only, bounded in items and time; on this machine's tiny model:
   2. preprocessing under node loss: a multi-node Ray on this machine (``ray.cluster_utils``),
      ``run_preprocess`` over at least 200 clips pinned to the ``cpu_decode`` node, whose raylet
      is killed once mid-job and comes back: every good clip written once, none failed.
-  3. overload: three times the measured capacity for a while: the excess is refused with 503
+  3. overload: three times the measured capacity (requests/s of 4 clients), offered open-loop
+     (a request every 1/rate s whatever the answers) for a while: the excess is refused with 503
      and ``Retry-After`` quickly, admitted requests succeed, replica memory stays flat, and the
      endpoint is back to its normal latency soon after the load stops.
 
@@ -37,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -335,6 +337,40 @@ def _fire(
     return out
 
 
+def _offer(
+    url: str, body: dict[str, Any], rate: float, seconds: float
+) -> list[tuple[int, float, str | None]]:
+    """Open-loop load: a request every 1/``rate`` s for ``seconds``, whatever the answers are.
+
+    A closed loop of clients that resend the moment they are refused (ignoring ``Retry-After``)
+    offers as much as the router can refuse, not a multiple of the capacity.
+    """
+    import requests
+
+    local = threading.local()
+    out: list[tuple[int, float, str | None]] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        t = time.perf_counter()
+        try:
+            resp = local.session.post(url, json=body, timeout=60)
+            code, retry = resp.status_code, resp.headers.get("Retry-After")
+        except requests.RequestException:
+            code, retry = -1, None
+        with lock:
+            out.append((code, (time.perf_counter() - t) * 1000, retry))
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        start = time.monotonic()
+        for i in range(int(rate * seconds)):
+            time.sleep(max(0.0, start + i / rate - time.monotonic()))
+            pool.submit(send)
+    return out
+
+
 def overload(
     work: Path, data: Path, ckpts: Path, seconds: float, ingress: str = "proxy"
 ) -> dict[str, Any]:
@@ -354,7 +390,7 @@ def overload(
         measured = _fire(url + "v1/analyze", body, capacity_clients, 10)
         rps = sum(1 for c, _, _ in measured if c == 200) / 10
         rss_start = replica_rss()
-        load = _fire(url + "v1/analyze", body, capacity_clients * 3 * 2, seconds)
+        load = _offer(url + "v1/analyze", body, 3 * rps, seconds)
         rss_end = replica_rss()
         stopped = time.monotonic()
         recovered_s = None
@@ -372,10 +408,11 @@ def overload(
     return {
         "ingress": ingress,
         "capacity_rps": round(rps, 2),
-        "offered_clients": capacity_clients * 6,
+        "offered_rps": round(3 * rps, 2),
         "requests": len(load),
         "refused_503": len(refused),
         "refusals_with_retry_after": sum(1 for _, r in refused if r),
+        "refusal_p50_ms": round(_pct([ms for ms, _ in refused], 0.5), 1),
         "refusal_p99_ms": round(_pct([ms for ms, _ in refused], 0.99), 1),
         "admitted": len(admitted),
         "admitted_ok": sum(1 for c in admitted if c == 200),
