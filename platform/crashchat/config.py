@@ -42,9 +42,9 @@ class SynthConfig(StrictModel):
         0,
         ge=0,
         le=64,
-        description="Amplitude of a grain texture drifting with a camera's ego-motion, plus sensor "
-        "noise (benchmarks: real footage's detail makes decoding and storage cost what real clips "
-        "cost). 0: the flat frames the tiny model learns from.",
+        description="Amplitude of a grain texture drifting with a camera's ego-motion (benchmarks: "
+        "with real footage's detail, decoding and storage cost what real clips cost). 0: the flat "
+        "frames the tiny model learns from.",
     )
 
     @model_validator(mode="after")

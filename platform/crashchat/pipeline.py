@@ -64,12 +64,13 @@ def _line(report: Report, stage: str, **fields: Any) -> None:
 
 def timed(report: Report) -> Report:
     """``report`` with each stage's wall time (``seconds``, since the previous stage ended)."""
-    last = [time.monotonic()]
+    last = time.monotonic()
 
     def send(stage: dict[str, Any]) -> None:
+        nonlocal last
         now = time.monotonic()
-        report({**stage, "seconds": round(now - last[0], 1)})
-        last[0] = now
+        report({**stage, "seconds": round(now - last, 1)})
+        last = now
 
     return send
 

@@ -122,7 +122,7 @@ def add_texture(frames: np.ndarray, amplitude: int, seed: int) -> np.ndarray:
 
     Flat synthetic frames decode and compress far better than real footage, so a benchmark on
     them says little; with this grain every frame has detail everywhere, and the encoder follows
-    it with motion vectors as it does real footage (amplitude 24: about 4 Mbit/s at 720p30).
+    it with motion vectors as it does real footage (amplitude 24: about 5 Mbit/s at 720p30).
     """
     t, h, w, _ = frames.shape
     rng = np.random.default_rng(seed)
