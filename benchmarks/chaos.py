@@ -308,6 +308,19 @@ def preprocess_under_node_loss(work: Path, clips: int) -> dict[str, Any]:
 
 
 # -- 3. overload --------------------------------------------------------------------------------
+def _post(session: Any, url: str, body: dict[str, Any]) -> tuple[int, float, str | None]:
+    """(status or -1, milliseconds, Retry-After) of one request."""
+    import requests
+
+    t = time.perf_counter()
+    try:
+        resp = session.post(url, json=body, timeout=60)
+        code, retry = resp.status_code, resp.headers.get("Retry-After")
+    except requests.RequestException:
+        code, retry = -1, None
+    return code, (time.perf_counter() - t) * 1000, retry
+
+
 def _fire(
     url: str, body: dict[str, Any], clients: int, seconds: float
 ) -> list[tuple[int, float, str | None]]:
@@ -320,14 +333,9 @@ def _fire(
     def run() -> None:
         session = requests.Session()
         while time.monotonic() < stop:
-            t = time.perf_counter()
-            try:
-                resp = session.post(url, json=body, timeout=60)
-                code, retry = resp.status_code, resp.headers.get("Retry-After")
-            except requests.RequestException:
-                code, retry = -1, None
+            got = _post(session, url, body)
             with lock:
-                out.append((code, (time.perf_counter() - t) * 1000, retry))
+                out.append(got)
 
     threads = [threading.Thread(target=run) for _ in range(clients)]
     for th in threads:
@@ -354,14 +362,9 @@ def _offer(
     def send() -> None:
         if not hasattr(local, "session"):
             local.session = requests.Session()
-        t = time.perf_counter()
-        try:
-            resp = local.session.post(url, json=body, timeout=60)
-            code, retry = resp.status_code, resp.headers.get("Retry-After")
-        except requests.RequestException:
-            code, retry = -1, None
+        got = _post(local.session, url, body)
         with lock:
-            out.append((code, (time.perf_counter() - t) * 1000, retry))
+            out.append(got)
 
     with ThreadPoolExecutor(max_workers=64) as pool:
         start = time.monotonic()

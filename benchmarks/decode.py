@@ -255,24 +255,15 @@ def pipeline_run(
     return seconds, result, rss.peak
 
 
-def frames_of(out: Path) -> int:
+def clip_frames(out: Path) -> dict[str, int]:
+    """Frames the pipeline sampled, by clip (every row of every clips shard)."""
     import pyarrow.parquet as pq
 
-    return sum(
-        pq.ParquetFile(f).read(columns=["num_frames"])["num_frames"].to_pylist()[0]
-        for f in (out / "clips").glob("*.parquet")
-    )
-
-
-def frames_of_first(out: Path, clips: int) -> int:
-    """Frames the pipeline sampled from the first ``clips`` clips (by file name, as the naive loop)."""
-    import pyarrow.parquet as pq
-
-    counts = {}
+    counts: dict[str, int] = {}
     for f in (out / "clips").glob("*.parquet"):
         table = pq.ParquetFile(f).read(columns=["video", "num_frames"])
         counts.update(zip(table["video"].to_pylist(), table["num_frames"].to_pylist(), strict=True))
-    return sum(counts[k] for k in sorted(counts, key=lambda v: Path(v).name)[:clips])
+    return counts
 
 
 def layout_bytes(out: Path, records: int) -> tuple[float, float, float]:
@@ -321,8 +312,10 @@ def bench_budget(
             pipeline_run(ann, root, model, work / f"out-{name}-{part}", frame_size, budget, cores)
         )
     (t_part, r_part, _), (t_all, r_all, _) = runs
-    f_part, f_all = frames_of(r_part.out), frames_of(r_all.out)
-    assert f_all == n_ceil and n_naive == frames_of_first(r_all.out, naive_clips), (f_all, n_ceil)
+    per_clip = clip_frames(r_all.out)
+    f_part, f_all = sum(clip_frames(r_part.out).values()), sum(per_clip.values())
+    first = sorted(per_clip, key=lambda v: Path(v).name)[:naive_clips]  # the naive loop's clips
+    assert f_all == n_ceil and n_naive == sum(per_clip[v] for v in first), (f_all, n_ceil)
     pipe_fps = (f_all - f_part) / (t_all - t_part)
     naive_fps, ceil_fps = n_naive / naive_s, n_ceil / ceil_s
     per_record, per_record_v1, full_copies = layout_bytes(r_all.out, r_all.samples)
