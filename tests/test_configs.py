@@ -131,6 +131,7 @@ def test_train_batch_must_divide_over_workers() -> None:
         TrainConfig.model_validate({"schedule": {"global_batch_size": 5}})
     cfg = TrainConfig.model_validate({"schedule": {"global_batch_size": 24, "micro_batch_size": 2}})
     assert cfg.grad_accum_steps == 6  # 24 / (2 workers x 2)
+    assert cfg.accum_steps(4) == 3  # the same global batch on 4 workers
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])

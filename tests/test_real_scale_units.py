@@ -1,5 +1,6 @@
 """The 7B path's defects that the CPU can show: collective devices, loss reduction, lean logits,
-checkpoint retention, token-bounded batches, flash-attention fallback, decode sizing."""
+checkpoint retention and generator state, token-bounded batches, flash-attention fallback,
+decode sizing."""
 
 from __future__ import annotations
 
@@ -127,6 +128,26 @@ def test_every_checkpoint_carries_the_best_steps_weights(tmp_path: Path) -> None
     (ckpt6 / loop.BEST_DIR / loop.BEST_STEP_FILE).write_text(json.dumps({"step": 2}))
     with pytest.raises(FileNotFoundError, match="best step 3"):
         loop.best_export(ckpt6)
+
+
+def test_a_checkpoint_restores_every_generator_of_its_worker(tmp_path: Path) -> None:
+    import random
+
+    from crashchat.training.rng_state import restore_rng_state, save_rng_state
+
+    torch.manual_seed(1)
+    np.random.seed(1)
+    random.seed(1)
+    save_rng_state(tmp_path, rank=1)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(2)  # a restarted worker seeds afresh, then resumes
+    np.random.seed(2)
+    random.seed(2)
+    assert restore_rng_state(tmp_path, rank=1)
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    assert got[2] == expected[2]
+    assert not restore_rng_state(tmp_path, rank=0)  # written by rank 1 only
 
 
 def test_batches_are_bounded_by_padded_tokens() -> None:

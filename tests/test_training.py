@@ -293,6 +293,52 @@ def test_killed_worker_resumes_from_the_newest_checkpoint(
     verify_checkpoint(out / MIXTURE)
 
 
+def _torchrun(spec_path: Path, data: Path, storage: Path, *resume: str) -> list[dict[str, Any]]:
+    """One worker process under torchrun (no Ray); its step history."""
+    storage.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+           "-m", "crashchat.training.torchrun", "--spec", str(spec_path), "--data", str(data),
+           "--storage", str(storage), *resume]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env={**os.environ})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return list(json.loads((storage / "result.json").read_text())["history"])
+
+
+@pytest.mark.timeout(900)
+def test_resumed_run_recomputes_the_uninterrupted_steps_exactly(
+    train_data: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # A restart recomputes the steps after its checkpoint; the dying attempt may already have
+    # logged them. Same rows and same dropout masks make the two computations one.
+    from dataclasses import asdict
+
+    from crashchat.tracking import Tracker
+    from crashchat.training.runner import build_run_spec
+    from crashchat.video.samples import load_manifest
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = _cfg(tmp_path, uri, max_steps=6, eval_every=6, save_every=3, global_batch_size=2)
+    cfg.scaling.num_workers = 1
+    cfg.lora.dropout = 0.5  # masks drawn from the wrong generator state show in the 4th digit
+    tracker = Tracker(uri)
+    tracker.create_run("resume", cfg.tracking.experiment, "resume")
+    tracker.flush(force=True)
+    spec = build_run_spec(
+        cfg, load_manifest(train_data), get_mixture(MIXTURE), str(tiny_model_dir), "resume",
+        tracker.pending(), str(train_data),
+    )  # fmt: skip
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(asdict(spec)))
+    whole = _torchrun(spec_path, train_data, tmp_path / "whole")
+    step3 = tmp_path / "whole" / "checkpoint_00001"
+    assert json.loads((step3 / "state.json").read_text())["step"] == 3
+    assert (step3 / "rng_state_0.pth").is_file()
+    resumed = _torchrun(spec_path, train_data, tmp_path / "resumed", "--resume", str(step3))
+    assert [h["step"] for h in whole] == [h["step"] for h in resumed] == [1, 2, 3, 4, 5, 6]
+    assert [h["learning_rate"] for h in resumed] == [h["learning_rate"] for h in whole]
+    assert [h["train_loss"] for h in resumed] == [h["train_loss"] for h in whole]
+
+
 @pytest.mark.timeout(900)
 def test_tracking_server_dying_mid_run_loses_nothing(
     train_data: Path, tiny_model_dir: Path, tmp_path: Path

@@ -449,9 +449,13 @@ class TrainConfig(StrictModel):
 
     @property
     def grad_accum_steps(self) -> int:
-        """Micro-batches per optimizer step on each worker."""
-        per_step = self.scaling.num_workers * self.schedule.micro_batch_size
-        return self.schedule.global_batch_size // per_step
+        """Micro-batches per optimizer step on each of ``scaling.num_workers`` workers."""
+        return self.accum_steps(self.scaling.num_workers)
+
+    def accum_steps(self, world: int) -> int:
+        """Micro-batches per optimizer step on each of ``world`` workers (the global batch
+        stays fixed; DeepSpeed's ``gradient_accumulation_steps`` is computed the same way)."""
+        return self.schedule.global_batch_size // (world * self.schedule.micro_batch_size)
 
 
 class EvalConfig(StrictModel):

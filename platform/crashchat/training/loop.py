@@ -27,6 +27,7 @@ from crashchat.models.loading import load_model
 from crashchat.models.lora import apply_lora, count_parameters, trainable_state
 from crashchat.tracking import Tracker
 from crashchat.training.deepspeed_config import build_deepspeed_config
+from crashchat.training.rng_state import restore_rng_state, save_rng_state
 from crashchat.video.model_inputs import IGNORE_INDEX, PixelNorm
 from crashchat.video.samples import ClipStore, collate_rows
 
@@ -94,7 +95,7 @@ def plan_steps(spec: RunSpec, cfg: TrainConfig, world: int) -> tuple[int, int]:
         ValueError: when the training split is too small for one optimizer step.
     """
     micro_per_worker = spec.train_rows // world // cfg.schedule.micro_batch_size
-    steps_per_epoch = micro_per_worker // cfg.grad_accum_steps
+    steps_per_epoch = micro_per_worker // cfg.accum_steps(world)
     if steps_per_epoch < 1:
         raise ValueError(
             f"mixture {spec.mixture}: {spec.train_rows} training samples cannot fill one step of "
@@ -290,6 +291,7 @@ class Worker:
                     os.path.join(ckpt_dir, DS_DIR), tag=DS_TAG, load_module_strict=False
                 )
                 self.state = TrainState.load(ckpt_dir / STATE_FILE)
+                restore_rng_state(ckpt_dir, self.rank)
                 if self.rank == 0:
                     _restore_best(ckpt_dir, self.state, self.best_dir)
         self.state.attempts += 1
@@ -345,7 +347,7 @@ class Worker:
     def run(self) -> None:
         """Train until the step budget or early stopping; checkpoint and commit metrics."""
         cfg, state = self.cfg, self.state
-        accum = cfg.grad_accum_steps
+        accum = cfg.accum_steps(self.world)
         micro_per_epoch = self.steps_per_epoch * accum
         started = time.perf_counter()
         while state.step < self.total_steps and not state.stopped_early:
@@ -387,7 +389,7 @@ class Worker:
         if self.cfg.loss_reduction == "tokens":
             local = float(sum(supervised_tokens(b["labels"]) for b in batches))
             (total,) = all_reduce_sum([local], self.device)
-            share = max(total, 1.0) / (self.world * self.cfg.grad_accum_steps)
+            share = max(total, 1.0) / (self.world * self.cfg.accum_steps(self.world))
             extra["num_items_in_batch"] = torch.tensor(share, device=self.device)
         sums = [0.0, 0.0, 0.0, 0.0]  # loss, micro-batches, tokens, samples
         for rows, batch in zip(window, batches, strict=True):
@@ -490,6 +492,7 @@ class Worker:
             self.engine.save_checkpoint(
                 str(root / DS_DIR), tag=DS_TAG, exclude_frozen_parameters=True
             )
+            save_rng_state(root, self.rank)
             with self._gathered():
                 adapter, non_lora = trainable_state(self.engine.module)
             if self.rank == 0:

@@ -259,13 +259,19 @@ class TrainingRun:
 
     def _build_trainer(self, mixture: Mixture, spec: RunSpec) -> Any:
         """The TorchTrainer of one mixture: its workers, collectives, storage and datasets."""
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
         from crashchat.training.loop import train_loop_per_worker
 
         cfg, sc, tasks = self.cfg, self.cfg.scaling, list(mixture.tasks)
         storage = Path(cfg.storage_path or self.output / "_ray").resolve()
+        # A restarted worker skips the micro-batches of its epoch it had trained on before: that
+        # is exact only when every worker gets the same rows in the same order each time. Ray
+        # Data then ignores locality hints when sharding; records carry no pixels (each worker
+        # reads its clips itself), so little moves between nodes either way.
+        ingest = DataConfig.default_ingest_options()
+        ingest.preserve_order = True
         return TorchTrainer(
             train_loop_per_worker,
             train_loop_config=asdict(spec),
@@ -283,6 +289,7 @@ class TrainingRun:
                     num_to_keep=cfg.schedule.num_checkpoints_to_keep
                 ),
             ),
+            dataset_config=DataConfig(execution_options=ingest),
             datasets={
                 "train": read_samples(self.data_dir, tasks, [cfg.train_split]),
                 "val": read_samples(self.data_dir, tasks, [cfg.val_split]),

@@ -3,10 +3,11 @@
 ::
 
     torchrun --standalone --nproc_per_node 2 -m crashchat.training.torchrun \\
-        --spec spec.json --data PREPROCESSED --storage OUT
+        --spec spec.json --data PREPROCESSED --storage OUT [--resume OUT/checkpoint_NNNNN]
 
 Each rank reads its rows of the preprocessed Parquet directly (rows ``rank::world``, equal counts)
-and checkpoints go to ``OUT/checkpoint_NNNNN``. No resume, no tracking server beyond the spec's.
+and checkpoints go to ``OUT/checkpoint_NNNNN``. ``--resume`` continues from one of them, as Ray
+Train does after a restart (same number of processes). No tracking server beyond the spec's.
 """
 
 from __future__ import annotations
@@ -55,9 +56,17 @@ class LocalShard:
 class TorchrunEnv:
     """Rank, shards and checkpoint reporting for a torchrun process group."""
 
-    def __init__(self, data: Path, tasks: list[str], splits: dict[str, str], storage: Path) -> None:
+    def __init__(
+        self,
+        data: Path,
+        tasks: list[str],
+        splits: dict[str, str],
+        storage: Path,
+        resume: Path | None = None,
+    ) -> None:
         self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         self.storage = storage
+        self.resume = resume
         self.reports = 0
         table = read_samples_table(data)
         rows = [r for r in table.to_pylist() if r["task"] in tasks]
@@ -72,7 +81,7 @@ class TorchrunEnv:
 
     @contextlib.contextmanager
     def resume_dir(self) -> Iterator[Path | None]:
-        yield None
+        yield self.resume
 
     def report(self, metrics: dict[str, Any], ckpt_dir: Path) -> None:
         import torch.distributed as dist
@@ -90,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, help="RunSpec JSON")
     parser.add_argument("--data", required=True)
     parser.add_argument("--storage", required=True)
+    parser.add_argument("--resume", default=None, help="checkpoint folder to continue from")
     args = parser.parse_args(argv)
     spec = RunSpec(**json.loads(Path(args.spec).read_text()))
     cfg = spec.config
@@ -98,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         spec.tasks,
         {"train": cfg.get("train_split", "train"), "val": cfg.get("val_split", "val")},
         Path(args.storage),
+        Path(args.resume) if args.resume else None,
     )
     worker = Worker(spec, env)
     worker.run()
