@@ -244,12 +244,12 @@ def pipeline_run(
     ann: Path, root: Path, model: Path, out: Path, frame_size: int | None, budget: int, cores: int
 ) -> tuple[float, Any, int]:
     from crashchat.config import PreprocessConfig
-    from crashchat.video.pipeline import run_preprocess
+    from crashchat.video.pipeline import PreprocessInputs, run_preprocess
 
     cfg = PreprocessConfig(workers=cores, frame_size=frame_size, max_visual_tokens=budget)
     with PeakRSS() as rss:
         t = time.perf_counter()
-        result = run_preprocess([ann], root, model, out, cfg, address=None)
+        result = run_preprocess(cfg, PreprocessInputs([ann], root, model, out), address=None)
         seconds = time.perf_counter() - t
     assert not result.failures, result.failures[:3]
     return seconds, result, rss.peak

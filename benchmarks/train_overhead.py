@@ -60,7 +60,7 @@ def main() -> int:
 
     from crashchat.config import TrainConfig, load_config
     from crashchat.data.tasks import get_mixture
-    from crashchat.training.runner import build_run_spec, run_training
+    from crashchat.training.runner import TrainInputs, build_run_spec, run_training
     from crashchat.video.samples import load_manifest
 
     root = Path(tempfile.mkdtemp(prefix="train-bench-"))
@@ -104,7 +104,8 @@ def main() -> int:
 
     # (b) Ray Train
     t0 = time.perf_counter()
-    results, _ = run_training(cfg, pre, str(model), root / "ray", [mixture], address="local")
+    inputs = TrainInputs(pre, str(model), root / "ray", [mixture])
+    results, _ = run_training(cfg, inputs, address="local")
     ray_wall = time.perf_counter() - t0
     (res,) = results
     if res.error:

@@ -16,7 +16,7 @@ from crashchat.config import PreprocessConfig
 from crashchat.data.annotations import make_record, write_annotation_file
 from crashchat.data.synth.labels import PROMPTS
 from crashchat.data.validation import load_annotations
-from crashchat.video.pipeline import run_preprocess
+from crashchat.video.pipeline import PreprocessInputs, run_preprocess
 from crashchat.video.samples import (
     collate_rows,
     load_manifest,
@@ -92,7 +92,9 @@ def preprocessed(
 ):
     out = tmp_path_factory.mktemp("pre")
     cfg = PreprocessConfig(fault_injection="crashme", decode_retries=1)
-    result = run_preprocess([bad_media], bad_media, tiny_model_dir, out, cfg, address=None)
+    result = run_preprocess(
+        cfg, PreprocessInputs([bad_media], bad_media, tiny_model_dir, out), address=None
+    )
     return out, result
 
 
@@ -209,7 +211,9 @@ def test_rerun_gives_the_same_rows(
 ) -> None:
     out, _ = preprocessed
     cfg = PreprocessConfig(fault_injection="crashme", decode_retries=0)
-    run_preprocess([bad_media], bad_media, tiny_model_dir, tmp_path, cfg, address=None)
+    run_preprocess(
+        cfg, PreprocessInputs([bad_media], bad_media, tiny_model_dir, tmp_path), address=None
+    )
     first, second = read_samples_table(out), read_samples_table(tmp_path)
     drop = ["decode_node"]
     assert first.drop(drop).equals(second.drop(drop))
@@ -267,7 +271,11 @@ def test_real_clips_preprocess_without_error(
         tmp_path / "crashchat_real_crash_recognition_test.json",
         [make_record(p.name, prompt, "Yes", "REAL") for p in clips],
     )
-    result = run_preprocess([tmp_path], REAL_CLIPS, tiny_model_dir, tmp_path / "out", address=None)
+    result = run_preprocess(
+        None,
+        PreprocessInputs([tmp_path], REAL_CLIPS, tiny_model_dir, tmp_path / "out"),
+        address=None,
+    )
     assert result.failures == [] and result.samples == 3
     rows = {r["video"]: r for r in read_samples_table(tmp_path / "out").to_pylist()}
     motorbike = rows["cctv_motorbike_car_640x352_25fps.mp4"]  # 21.2 s at 25 fps -> capped at 96
@@ -286,7 +294,9 @@ def test_a_hung_decoder_is_cancelled_and_the_rest_finishes(
     records = json.loads(ann.read_text())
     hung = records[0]["video"][0]
     cfg = PreprocessConfig(fault_injection=f"hang:{Path(hung).name}", decode_timeout_s=5, fps=2)
-    result = run_preprocess([ann], synth_dir, tiny_model_dir, tmp_path, cfg, address=None)
+    result = run_preprocess(
+        cfg, PreprocessInputs([ann], synth_dir, tiny_model_dir, tmp_path), address=None
+    )
     assert result.samples == len(records) - 1
     [failure] = result.failures
     assert failure["video"] == hung and failure["stage"] == "decode"
@@ -357,10 +367,12 @@ def test_adding_clips_decodes_only_the_new_ones(
     write_annotation_file(ann / source.name, head)
     out = tmp_path / "out"
     cfg = PreprocessConfig(fps=2)  # reuse is what is tested: few frames keep it quick
-    run_preprocess([ann], synth_dir, tiny_model_dir, out, cfg, address=None)
+    run_preprocess(cfg, PreprocessInputs([ann], synth_dir, tiny_model_dir, out), address=None)
     before = {k: (out / "clips" / f"{k}.parquet").stat().st_mtime_ns for k in stored_clip_keys(out)}
     write_annotation_file(ann / source.name, head + tail)
-    again = run_preprocess([ann], synth_dir, tiny_model_dir, out, cfg, address=None)
+    again = run_preprocess(
+        cfg, PreprocessInputs([ann], synth_dir, tiny_model_dir, out), address=None
+    )
     counts = again.manifest["counts"]
     assert (counts["clips_decoded"], counts["clips_reused"]) == (2, len(head))
     for key, mtime in before.items():  # the stored clips were not rewritten
@@ -368,7 +380,9 @@ def test_adding_clips_decodes_only_the_new_ones(
     assert again.samples == len(first)
     # Dropping records drops their clips.
     write_annotation_file(ann / source.name, head[:1])
-    third = run_preprocess([ann], synth_dir, tiny_model_dir, out, cfg, address=None)
+    third = run_preprocess(
+        cfg, PreprocessInputs([ann], synth_dir, tiny_model_dir, out), address=None
+    )
     assert third.manifest["counts"]["clips_removed"] == len(first) - 1
     assert len(stored_clip_keys(out)) == 1
 

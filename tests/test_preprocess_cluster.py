@@ -10,7 +10,7 @@ from ray.cluster_utils import Cluster
 
 from conftest import start_local_ray
 from crashchat.config import PreprocessConfig
-from crashchat.video.pipeline import run_preprocess
+from crashchat.video.pipeline import PreprocessInputs, run_preprocess
 from crashchat.video.samples import read_samples_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -38,9 +38,8 @@ def test_all_decode_work_runs_on_the_cpu_decode_node(
     cluster, decode_node = three_node_cluster
     assert len(ray.nodes()) == 3
     cfg = PreprocessConfig(workers=2, decode_num_cpus=0.5)
-    result = run_preprocess(
-        [synth_dir], synth_dir, tiny_model_dir, tmp_path, cfg, address=cluster.address
-    )
+    inputs = PreprocessInputs([synth_dir], synth_dir, tiny_model_dir, tmp_path)
+    result = run_preprocess(cfg, inputs, address=cluster.address)
     assert result.failures == [] and result.samples > 0
     nodes = set(read_samples_table(tmp_path)["decode_node"].to_pylist())
     assert nodes == {decode_node}
@@ -53,9 +52,8 @@ def test_without_the_resource_work_runs_anywhere(
     start_local_ray(2)
     try:
         ann = [synth_dir / "crashchat_synth_crash_recognition_test.json"]
-        result = run_preprocess(
-            ann, synth_dir, tiny_model_dir, tmp_path, PreprocessConfig(), address=None
-        )
+        inputs = PreprocessInputs(ann, synth_dir, tiny_model_dir, tmp_path)
+        result = run_preprocess(PreprocessConfig(), inputs, address=None)
     finally:
         ray.shutdown()
     assert result.failures == [] and result.samples > 0

@@ -29,8 +29,8 @@ from crashchat.data.synth.labels import PROMPTS, all_label_text
 from crashchat.data.tasks import get_mixture
 from crashchat.models.checkpoint import load_checkpoint, verify_checkpoint
 from crashchat.planning.resource_plan import build_plan
-from crashchat.training.runner import run_training
-from crashchat.video.pipeline import run_preprocess
+from crashchat.training.runner import TrainInputs, run_training
+from crashchat.video.pipeline import PreprocessInputs, run_preprocess
 from crashchat.video.samples import load_manifest, read_samples_table, row_to_model_inputs
 from upstream_fixture import seven_b_widths, write_upstream_checkpoint
 
@@ -100,9 +100,8 @@ def test_7b_widths_import_preprocess_train_and_generate(tmp_path: Path) -> None:
         ray.data.DataContext.get_current().enable_progress_bars = False
         data = tmp_path / "preprocessed"
         pre = PreprocessConfig(fps=10, max_frames=FRAMES, max_visual_tokens=BUDGET)
-        result = run_preprocess(
-            [_annotations(tmp_path / "ann")], REAL_CLIPS, native, data, pre, None
-        )
+        inputs = PreprocessInputs([_annotations(tmp_path / "ann")], REAL_CLIPS, native, data)
+        result = run_preprocess(pre, inputs, None)
         assert result.failures == [] and result.samples == 9
         cfg = _train_config(tmp_path)
         rows = read_samples_table(data).to_pylist()
@@ -126,9 +125,8 @@ def test_7b_widths_import_preprocess_train_and_generate(tmp_path: Path) -> None:
         assert "measured" in storage["source"] and storage["clips"] == 3
         assert storage["bytes_per_record"] < storage["bytes_per_clip"] / 2  # 3 records a clip
 
-        results, _ = run_training(
-            cfg, data, str(native), tmp_path / "out", [get_mixture("crash_localization")], None
-        )
+        mixtures = [get_mixture("crash_localization")]
+        results, _ = run_training(cfg, TrainInputs(data, str(native), tmp_path / "out", mixtures))
     finally:
         ray.shutdown()
     (res,) = results

@@ -24,10 +24,10 @@ from mlflow.tracking import MlflowClient
 from conftest import start_local_ray
 from crashchat.config import EvalConfig, PreprocessConfig, TrainConfig, load_config
 from crashchat.data.tasks import get_mixture
-from crashchat.evaluation.runner import run_evaluation
+from crashchat.evaluation.runner import EvalInputs, run_evaluation
 from crashchat.models.checkpoint import load_checkpoint, verify_checkpoint
-from crashchat.training.runner import ResourceError, check_resources, run_training
-from crashchat.video.pipeline import run_preprocess
+from crashchat.training.runner import ResourceError, TrainInputs, check_resources, run_training
+from crashchat.video.pipeline import PreprocessInputs, run_preprocess
 from mlflow_server import MlflowServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,8 +59,13 @@ def local_ray(extensions_dir: Path):  # type: ignore[no-untyped-def]
 def train_data(local_ray, synth_dir: Path, tiny_model_dir: Path, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("train_data")
     # 2 fps keeps sequences short: the tests exercise the machinery, not learning.
-    run_preprocess([synth_dir], synth_dir, tiny_model_dir, out, PreprocessConfig(fps=2), None)
+    inputs = PreprocessInputs([synth_dir], synth_dir, tiny_model_dir, out)
+    run_preprocess(PreprocessConfig(fps=2), inputs, None)
     return out
+
+
+def _inputs(data: Path, model: Path, out: Path) -> TrainInputs:
+    return TrainInputs(data, str(model), out, [get_mixture(MIXTURE)])
 
 
 def _cfg(tmp: Path, uri: str, **schedule: Any) -> TrainConfig:
@@ -107,9 +112,7 @@ def trained(train_data: Path, tiny_model_dir: Path, tmp_path_factory):  # type: 
     cfg = _cfg(tmp, uri, max_steps=6, eval_every=3, save_every=3)
     cfg.tracking.system_metrics_interval_s = 1.0
     cfg.schedule.num_checkpoints_to_keep = 1  # the best step's weights must survive anyway
-    results, note = run_training(
-        cfg, train_data, str(tiny_model_dir), tmp / "out", [get_mixture(MIXTURE)]
-    )
+    results, note = run_training(cfg, _inputs(train_data, tiny_model_dir, tmp / "out"))
     return results, note, uri, tmp / "out"
 
 
@@ -191,7 +194,9 @@ def test_evaluate_checkpoint_registry_alias_and_baseline(  # type: ignore[no-unt
     cfg = EvalConfig(split="test", max_new_tokens=8, max_new_tokens_text=8)
     cfg.tracking.uri = uri
     # Through the registry alias, as serving finds checkpoints.
-    ev = run_evaluation(f"models:/crashchat-tiny@{MIXTURE}", tmp_path / "ev", cfg, data=train_data)
+    ev = run_evaluation(
+        cfg, EvalInputs(f"models:/crashchat-tiny@{MIXTURE}", tmp_path / "ev", data=train_data)
+    )
     tasks = set(get_mixture(MIXTURE).tasks)
     assert set(ev.metrics) == tasks
     for task in tasks:
@@ -210,7 +215,7 @@ def test_evaluate_checkpoint_registry_alias_and_baseline(  # type: ignore[no-unt
     cfg.preprocess = PreprocessConfig(fps=2)
     cfg.tasks = ["crash_recognition"]
     base = run_evaluation(
-        str(tiny_model_dir), tmp_path / "base", cfg, annotations=[synth_dir], video_root=synth_dir
+        cfg, EvalInputs(str(tiny_model_dir), tmp_path / "base", [synth_dir], synth_dir)
     )
     assert (tmp_path / "base" / "inputs" / "manifest.json").is_file() and base.failures == []
     assert base.counts == {"crash_recognition": ev.counts["crash_recognition"]}
@@ -232,9 +237,9 @@ def test_evaluate_checkpoint_registry_alias_and_baseline(  # type: ignore[no-unt
     shared = tmp_path / "base" / "inputs"
     stamp = (shared / "manifest.json").stat().st_mtime_ns
     again = run_evaluation(
-        str(tiny_model_dir), tmp_path / "again", cfg.model_copy(update={"inputs": str(shared)}),
-        annotations=[synth_dir], video_root=synth_dir,
-    )  # fmt: skip
+        cfg.model_copy(update={"inputs": str(shared)}),
+        EvalInputs(str(tiny_model_dir), tmp_path / "again", [synth_dir], synth_dir),
+    )
     assert (shared / "manifest.json").stat().st_mtime_ns == stamp
     assert again.metrics["crash_recognition"]["N"] == base.metrics["crash_recognition"]["N"]
 
@@ -350,7 +355,7 @@ def test_tracking_server_dying_mid_run_loses_nothing(
         cfg = _cfg(tmp_path, server.uri, max_steps=8, eval_every=4, save_every=2)
         out = tmp_path / "out"
         thread, box = _in_thread(
-            lambda: run_training(cfg, train_data, str(tiny_model_dir), out, [get_mixture(MIXTURE)])
+            lambda: run_training(cfg, _inputs(train_data, tiny_model_dir, out))
         )
         client = MlflowClient(server.uri, registry_uri=server.uri)
 

@@ -26,6 +26,7 @@ from crashchat.ray_utils import ensure_ray
 if TYPE_CHECKING:
     from crashchat.data.tasks import Mixture
     from crashchat.training.runner import MixtureResult
+    from crashchat.video.pipeline import PreprocessInputs
 
 Report = Callable[[dict[str, Any]], None]  # one call per finished stage
 Events = Callable[[str], None]  # progress messages (training's resources, tracking notes)
@@ -55,6 +56,13 @@ class PipelineInputs:
             str(Path(model).resolve()),
             Path(output).resolve(),
         )
+
+
+def _preprocess_inputs(inputs: PipelineInputs, out: Path) -> PreprocessInputs:
+    """The pipeline's annotations, videos and model, preprocessed into ``out``."""
+    from crashchat.video.pipeline import PreprocessInputs
+
+    return PreprocessInputs(inputs.annotations, inputs.video_root, inputs.model, out)
 
 
 def _line(report: Report, stage: str, **fields: Any) -> None:
@@ -94,7 +102,7 @@ def evaluation_data(cfg: PipelineConfig, inputs: PipelineInputs, report: Report)
         update={"splits": [cfg.evaluate.split] if cfg.evaluate.split else None}
     )
     out = inputs.output / "preprocessed-eval"
-    pre = run_preprocess(inputs.annotations, inputs.video_root, inputs.model, out, settings)
+    pre = run_preprocess(settings, _preprocess_inputs(inputs, out))
     _line(report, "preprocess-eval", **pre.summary())
     return out
 
@@ -130,18 +138,15 @@ def _stages(
 ) -> list[MixtureResult]:
     """Run every stage on the connected Ray; returns the training results."""
     from crashchat.evaluation.compare import run_compare
-    from crashchat.evaluation.runner import run_evaluation
-    from crashchat.training.runner import run_training
+    from crashchat.evaluation.runner import EvalInputs, run_evaluation
+    from crashchat.training.runner import TrainInputs, run_training
     from crashchat.video.pipeline import run_preprocess
 
     out = inputs.output
-    pre = run_preprocess(
-        inputs.annotations, inputs.video_root, inputs.model, out / "preprocessed", cfg.preprocess
-    )
+    pre = run_preprocess(cfg.preprocess, _preprocess_inputs(inputs, out / "preprocessed"))
     _line(report, "preprocess", **pre.summary())
-    results, note = run_training(
-        cfg.train, out / "preprocessed", inputs.model, out / "checkpoints", mixtures, None, on_event
-    )
+    train = TrainInputs(out / "preprocessed", inputs.model, out / "checkpoints", mixtures)
+    results, note = run_training(cfg.train, train, None, on_event)
     _line(report, "train", results=[r.to_json() for r in results], tracking=note)
     if note:
         on_event(f"tracking: {note}")
@@ -150,7 +155,9 @@ def _stages(
     if cfg.evaluate_baseline:
         models["baseline"] = inputs.model
     for name, model in models.items():
-        ev = run_evaluation(str(model), out / "eval" / name, cfg.evaluate, data=eval_data)
+        ev = run_evaluation(
+            cfg.evaluate, EvalInputs(str(model), out / "eval" / name, data=eval_data)
+        )
         _line(report, "evaluate", **{**ev.summary(), "name": name})
     if cfg.compare:
         tracking = cfg.train.tracking

@@ -68,7 +68,7 @@ def evaluate(
 ) -> None:
     """Batch inference on Ray Data, upstream metrics per task, logged to MLflow."""
     from crashchat.config import EvalConfig
-    from crashchat.evaluation.runner import ResourceError, run_evaluation
+    from crashchat.evaluation.runner import EvalInputs, ResourceError, run_evaluation
 
     overrides = list(set_ or []) + ([f"split={split}"] if split else [])
     overrides += [f"inputs={inputs.resolve()}"] if inputs else []
@@ -86,10 +86,11 @@ def evaluate(
                 dest = out if len(named) == 1 else out / name
                 results.append(
                     run_evaluation(
-                        ref, dest, cfg, list(annotations or []), video_root, data,
+                        cfg,
+                        EvalInputs(ref, dest, list(annotations or []), video_root, data),
                         resolve_address(address),
                     )
-                )  # fmt: skip
+                )
                 _print_metrics(results[-1], name if len(named) > 1 else None)
     except (FileNotFoundError, ValueError, ResourceError) as exc:
         fail(str(exc))

@@ -46,7 +46,7 @@ def preprocess(
 ) -> None:
     """Decode and preprocess videos with Ray Data into training-ready Parquet samples."""
     from crashchat.config import PreprocessConfig
-    from crashchat.video.pipeline import run_preprocess
+    from crashchat.video.pipeline import PreprocessInputs, run_preprocess
 
     overrides = list(set_ or [])
     overrides += [f"fps={fps}"] if fps is not None else []
@@ -55,7 +55,9 @@ def preprocess(
     cfg = load_config(config, PreprocessConfig, overrides)
     ray_address = resolve_address(address)
     result = run_with_progress(
-        lambda cb: run_preprocess(list(annotations), video_root, model, out, cfg, ray_address, cb)
+        lambda cb: run_preprocess(
+            cfg, PreprocessInputs(list(annotations), video_root, model, out), ray_address, cb
+        )
     )
     report_preprocess(result, cfg.strict)
 

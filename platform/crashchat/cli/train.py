@@ -37,7 +37,7 @@ def train(
 ) -> None:
     """LoRA fine-tuning with Ray Train + DeepSpeed; one MLflow run and checkpoint per mixture."""
     from crashchat.config import TrainConfig
-    from crashchat.training.runner import ResourceError, plan_mixtures, run_training
+    from crashchat.training.runner import ResourceError, TrainInputs, plan_mixtures, run_training
 
     cfg = load_config(config, TrainConfig, set_)
     try:
@@ -61,10 +61,7 @@ def train(
         with contextlib.redirect_stdout(sys.stderr):
             results, note = run_training(
                 cfg,
-                data,
-                model,
-                output,
-                mixtures,
+                TrainInputs(data, model, output, mixtures),
                 resolve_address(address),
                 on_event=lambda msg: console.print(msg, highlight=False),
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import posixpath
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -115,25 +116,10 @@ def check_video_path(video: str, video_root: Path | None) -> str | None:
     return None
 
 
-def _check_record(
-    raw: Any,
-    index: int,
-    file: str,
-    file_task: str | None,
-    catalog: PromptCatalog,
-    video_root: Path | None,
-    split: str,
-) -> tuple[Sample | None, list[Issue]]:
-    def issue(fld: str | None, msg: str) -> Issue:
-        return Issue(file, index, fld, msg)
-
-    if not isinstance(raw, dict):
-        return None, [issue(None, f"expected a record object, got {type(raw).__name__}")]
-    try:
-        rec = AnnotationRecord.model_validate(raw)
-    except ValidationError as exc:
-        return None, [issue(_field_path(e["loc"]), e["msg"]) for e in exc.errors()]
-
+def _structure_issues(
+    rec: AnnotationRecord, video_root: Path | None, issue: Callable[[str | None, str], Issue]
+) -> list[Issue]:
+    """What is wrong with a record's turns, roles, videos and video tags (not its task)."""
     issues: list[Issue] = []
     turns = rec.conversations
     if len(turns) != 2:
@@ -154,7 +140,7 @@ def _check_record(
         if (msg := check_video_path(video, video_root)) is not None:
             issues.append(issue(f"video[{i}]", msg))
     if not turns:
-        return None, issues
+        return issues
     human = turns[0].value
     if VIDEO_TAG not in human:
         issues.append(
@@ -167,7 +153,33 @@ def _check_record(
                 f"{human.count(VIDEO_TAG)} {VIDEO_TAG} tags for {len(rec.video)} video(s)",
             )
         )
+    return issues
 
+
+def _check_record(
+    raw: Any,
+    index: int,
+    file: str,
+    file_task: str | None,
+    catalog: PromptCatalog,
+    video_root: Path | None,
+    split: str,
+) -> tuple[Sample | None, list[Issue]]:
+    def issue(fld: str | None, msg: str) -> Issue:
+        return Issue(file, index, fld, msg)
+
+    if not isinstance(raw, dict):
+        return None, [issue(None, f"expected a record object, got {type(raw).__name__}")]
+    try:
+        rec = AnnotationRecord.model_validate(raw)
+    except ValidationError as exc:
+        return None, [issue(_field_path(e["loc"]), e["msg"]) for e in exc.errors()]
+
+    issues = _structure_issues(rec, video_root, issue)
+    turns = rec.conversations
+    if not turns:
+        return None, issues
+    human = turns[0].value
     task = file_task or catalog.task_for(human)
     if task is None:
         issues.append(issue("conversations[0].value", "cannot recognise the task from the prompt"))

@@ -124,33 +124,23 @@ def _prepare_inputs(
 ) -> Path:
     """The evaluation's dataset, preprocessed from the annotations with the model's processor
     unless the one already there was made from the same files and settings."""
-    from crashchat.video.pipeline import dataset_is_current, run_preprocess
+    from crashchat.video.pipeline import PreprocessInputs, dataset_is_current, run_preprocess
 
     if not annotations or video_root is None:
         raise ValueError("give --data, or --annotations with --video-root")
     data = Path(cfg.inputs) if cfg.inputs else out / "inputs"
     base = _base_of(local)
     if not dataset_is_current(data, annotations, video_root, base, cfg.preprocess):
-        run_preprocess(annotations, video_root, base, data, cfg.preprocess, None)
+        run_preprocess(cfg.preprocess, PreprocessInputs(annotations, video_root, base, data), None)
     return data
 
 
-def run_evaluation(
-    model: str,
-    out: str | Path,
-    cfg: EvalConfig,
-    annotations: list[str | Path] | None = None,
-    video_root: str | Path | None = None,
-    data: str | Path | None = None,
-    address: str | None = None,
-) -> EvalResult:
-    """Evaluate ``model`` (checkpoint folder, base model, or ``models:/name@alias``).
-
-    Give either ``annotations`` + ``video_root`` (clips are preprocessed first, with the model's
-    processor) or ``data`` (an existing preprocessed dataset made with the same processor).
-    """
+def _predict(
+    local: str, out: Path, cfg: EvalConfig, inputs: EvalInputs, address: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], Path]:
+    """Preprocess when needed, then answer every row of the split on Ray Data workers; (answered
+    rows, preprocessing failures, the split's reference points, the preprocessed folder)."""
     from crashchat.ray_utils import ensure_ray
-    from crashchat.tracking.registry import resolve_model_ref
     from crashchat.video.samples import (
         load_manifest,
         read_failures,
@@ -158,18 +148,14 @@ def run_evaluation(
         read_samples,
     )
 
-    started = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    local = resolve_model_ref(model, out / "model", cfg.tracking.uri)
-    local = str(Path(local).resolve()) if Path(local).exists() else local
     started_ray = ensure_ray(address)
     try:
         import ray.data
 
         ray.data.DataContext.get_current().enable_progress_bars = False
+        data = inputs.data
         if data is None:
-            data = _prepare_inputs(local, out, cfg, annotations, video_root)
+            data = _prepare_inputs(local, out, cfg, inputs.annotations, inputs.video_root)
         check_inference_resources(cfg)
         manifest = load_manifest(data)
         tasks = cfg.tasks or _trained_tasks(local)
@@ -196,6 +182,41 @@ def run_evaluation(
             import ray
 
             ray.shutdown()
+    return rows, failures, reference, Path(data)
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """What an evaluation reads and where it writes.
+
+    Give either ``annotations`` + ``video_root`` (clips are preprocessed first, with the model's
+    processor) or ``data`` (an existing preprocessed dataset made with the same processor).
+
+    Attributes:
+        model: Checkpoint folder, base model, or ``models:/name@alias``.
+        out: Folder of the predictions, metrics and summary.
+        annotations: Annotation files or folders.
+        video_root: Folder the annotations' video paths are relative to.
+        data: A preprocessed dataset.
+    """
+
+    model: str
+    out: str | Path
+    annotations: list[str | Path] | None = None
+    video_root: str | Path | None = None
+    data: str | Path | None = None
+
+
+def run_evaluation(cfg: EvalConfig, inputs: EvalInputs, address: str | None = None) -> EvalResult:
+    """Evaluate ``inputs.model`` on the split ``cfg`` names: predict, score, log to MLflow."""
+    from crashchat.tracking.registry import resolve_model_ref
+
+    started = time.perf_counter()
+    model, out = inputs.model, Path(inputs.out)
+    out.mkdir(parents=True, exist_ok=True)
+    local = resolve_model_ref(model, out / "model", cfg.tracking.uri)
+    local = str(Path(local).resolve()) if Path(local).exists() else local
+    rows, failures, reference, data = _predict(local, out, cfg, inputs, address)
     by_task, metrics = score(rows, cfg.bertscore_model, cfg.parse)
     write_predictions(out / "predictions", by_task)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -203,7 +224,7 @@ def run_evaluation(
     result = EvalResult(out, model, metrics, counts, failures, reference=reference)
     if cfg.log_to_mlflow:
         result.run_id, result.tracking_note = log_evaluation(
-            model, local, metrics, cfg, out, reference, Path(data)
+            model, local, metrics, cfg, out, reference, data
         )
     result.seconds = time.perf_counter() - started
     (out / "evaluation.json").write_text(json.dumps(result.summary(), indent=2))

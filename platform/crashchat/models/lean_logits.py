@@ -80,7 +80,11 @@ class LeanVideoLlama3(VideoLlama3ForConditionalGeneration):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
     ) -> VideoLlama3CausalLMOutputWithPast:
-        """The native forward; ``logits_to_keep`` and ``labels`` decide which logits are made."""
+        """The native forward; ``logits_to_keep`` and ``labels`` decide which logits are made.
+
+        Long for its signature: every keyword of the native forward, so ``generate`` and the
+        training loop call it exactly as they call the native model.
+        """
         num_items = kwargs.pop("num_items_in_batch", None)
         outputs = self.model(
             input_ids=input_ids,

@@ -502,6 +502,31 @@ class _ShardWriter:
         return n
 
 
+def _copy_weights(
+    files: list[Path], expected: dict[str, tuple[int, ...]], staging: Path
+) -> tuple[dict[str, tuple[int, ...]], list[str], int]:
+    """Write the native tensors of ``files`` as shards in ``staging``, one source file in memory
+    at a time; (shapes found, derived buffers left out, shards written).
+
+    Raises:
+        UpstreamFormatError: when a file holds a tensor the native model has no place for.
+    """
+    found: dict[str, tuple[int, ...]] = {}
+    dropped: list[str] = []
+    writer = _ShardWriter(staging)
+    for path, state, derived in _native_tensors(files):
+        dropped += derived
+        unknown = sorted(k for k in state if k not in expected)
+        if unknown:
+            raise UpstreamFormatError(
+                f"{path}: {len(unknown)} tensors the native model has no place for, e.g. {unknown[:5]}"
+            )
+        found.update({k: tuple(v.shape) for k, v in state.items()})
+        writer.add(state)
+        del state
+    return found, dropped, writer.finish()
+
+
 def import_base(
     src: str | Path, out: str | Path, max_visual_tokens: int | None = None
 ) -> dict[str, Any]:
@@ -537,23 +562,9 @@ def import_base(
     converted = convert_config(json.loads(cfg_path.read_text()), tokenizer, str(cfg_path))
     config = converted.config
     expected = expected_weights(config)
-    files = _weight_files(src)
-    found: dict[str, tuple[int, ...]] = {}
-    dropped: list[str] = []
     with atomic_directory(out) as staging:
-        writer = _ShardWriter(staging)
-        for path, state, derived in _native_tensors(files):
-            dropped += derived
-            unknown = sorted(k for k in state if k not in expected)
-            if unknown:
-                raise UpstreamFormatError(
-                    f"{path}: {len(unknown)} tensors the native model has no place for, e.g. {unknown[:5]}"
-                )
-            found.update({k: tuple(v.shape) for k, v in state.items()})
-            writer.add(state)
-            del state
+        found, dropped, shards = _copy_weights(_weight_files(src), expected, staging)
         check_complete(found, expected, str(src))
-        shards = writer.finish()
         config.architectures = ["VideoLlama3ForConditionalGeneration"]
         config.save_pretrained(str(staging))
         processor, budget = build_processor(
@@ -622,6 +633,61 @@ def _expected_adapter(config: Any, target_regex: str, r: int) -> dict[str, tuple
     return shapes
 
 
+def _read_adapter(lora: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path]:
+    """(adapter_config.json, its tensors as saved, the weights file) of a PEFT adapter folder."""
+    from safetensors.torch import load_file
+
+    cfg_path = lora / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise UpstreamFormatError(f"{cfg_path}: missing (not a PEFT adapter folder)")
+    weights = lora / "adapter_model.safetensors"
+    if weights.is_file():
+        return json.loads(cfg_path.read_text()), load_file(str(weights)), weights
+    weights = lora / "adapter_model.bin"
+    if weights.is_file():
+        return json.loads(cfg_path.read_text()), load_pickle(weights), weights
+    raise UpstreamFormatError(f"{lora}: no adapter_model.safetensors or adapter_model.bin")
+
+
+def _read_projector(path: Path, config: Any) -> dict[str, torch.Tensor]:
+    """Native tensors of upstream's ``non_lora_trainables.bin``: the whole projector, and any
+    other base weight it holds, each with the native model's shape."""
+    from crashchat.models.architecture import expected_weights
+
+    raw = load_pickle(path)
+    extra = {k[len(PEFT_PREFIX) :] if k.startswith(PEFT_PREFIX) else k: v for k, v in raw.items()}
+    extra = rename_state(extra, str(path))
+    base = expected_weights(config)
+    projector = {k: s for k, s in base.items() if k.startswith("model.projector.")}
+    found = {k: tuple(v.shape) for k, v in extra.items()}
+    check_complete(found, {**projector, **{k: base[k] for k in found if k in base}}, str(path))
+    return extra
+
+
+def _write_imported(
+    out: str | Path,
+    meta: dict[str, Any],
+    adapter_cfg: dict[str, Any],
+    adapter: dict[str, torch.Tensor],
+    extra: dict[str, torch.Tensor],
+) -> None:
+    """Write an imported checkpoint in the platform layout, with its base model's processor."""
+    from safetensors.torch import save_file
+    from transformers import AutoProcessor
+
+    with CheckpointWriter(out, meta) as writer:
+        stage = writer.staging
+        (stage / ADAPTER_DIR).mkdir()
+        (stage / ADAPTER_DIR / "adapter_config.json").write_text(json.dumps(adapter_cfg, indent=2))
+        save_file(adapter, str(stage / ADAPTER_DIR / "adapter_model.safetensors"))
+        if extra:
+            save_file(extra, str(stage / NON_LORA_FILE))
+        processor = AutoProcessor.from_pretrained(meta["base_model"])
+        processor.save_pretrained(str(stage / PROCESSOR_DIR))
+        (stage / PROMPTS_FILE).write_text("{}")
+        (stage / CONFIG_FILE).write_text("imported: true\n")
+
+
 def import_checkpoint(
     lora: str | Path,
     non_lora: str | Path | None,
@@ -647,25 +713,10 @@ def import_checkpoint(
     Raises:
         UpstreamFormatError: on a missing file, unknown or missing tensor, or a wrong shape.
     """
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoProcessor
-
     from crashchat.config import LORA_TARGET_REGEX
-    from crashchat.models.architecture import expected_weights
 
     lora = Path(lora)
-    cfg_path = lora / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise UpstreamFormatError(f"{cfg_path}: missing (not a PEFT adapter folder)")
-    adapter_cfg = json.loads(cfg_path.read_text())
-    weights = lora / "adapter_model.safetensors"
-    if weights.is_file():
-        adapter = load_file(str(weights))
-    elif (lora / "adapter_model.bin").is_file():
-        weights = lora / "adapter_model.bin"
-        adapter = load_pickle(weights)
-    else:
-        raise UpstreamFormatError(f"{lora}: no adapter_model.safetensors or adapter_model.bin")
+    adapter_cfg, adapter, weights = _read_adapter(lora)
     adapter, vision_dropped = _split_vision_lora(rename_state(adapter, str(weights)), str(weights))
     try:
         config = load_native_config(base_model)
@@ -681,19 +732,7 @@ def import_checkpoint(
     # Upstream targets LLM linears by short names; keep adapters off the vision encoder.
     adapter_cfg["target_modules"] = LORA_TARGET_REGEX
     adapter_cfg["base_model_name_or_path"] = base_model
-    extra: dict[str, torch.Tensor] = {}
-    if non_lora is not None:
-        raw = load_pickle(Path(non_lora))
-        extra = {
-            k[len(PEFT_PREFIX) :] if k.startswith(PEFT_PREFIX) else k: v for k, v in raw.items()
-        }
-        extra = rename_state(extra, str(non_lora))
-        base = expected_weights(config)
-        projector = {k: s for k, s in base.items() if k.startswith("model.projector.")}
-        found = {k: tuple(v.shape) for k, v in extra.items()}
-        check_complete(
-            found, {**projector, **{k: base[k] for k in found if k in base}}, str(non_lora)
-        )
+    extra = _read_projector(Path(non_lora), config) if non_lora is not None else {}
     meta = {
         "base_model": base_model,
         "mixture": mixture or "imported",
@@ -702,16 +741,7 @@ def import_checkpoint(
         "source": {"lora": str(lora), "non_lora": str(non_lora) if non_lora else None},
         "dropped_vision_lora_tensors": vision_dropped,
     }
-    with CheckpointWriter(out, meta) as writer:
-        stage = writer.staging
-        (stage / ADAPTER_DIR).mkdir()
-        (stage / ADAPTER_DIR / "adapter_config.json").write_text(json.dumps(adapter_cfg, indent=2))
-        save_file(adapter, str(stage / ADAPTER_DIR / "adapter_model.safetensors"))
-        if extra:
-            save_file(extra, str(stage / NON_LORA_FILE))
-        AutoProcessor.from_pretrained(base_model).save_pretrained(str(stage / PROCESSOR_DIR))
-        (stage / PROMPTS_FILE).write_text("{}")
-        (stage / CONFIG_FILE).write_text("imported: true\n")
+    _write_imported(out, meta, adapter_cfg, adapter, extra)
     note = None
     if vision_dropped:
         note = (

@@ -395,6 +395,50 @@ def storage(
 
 
 # -- the plan -----------------------------------------------------------------------------------
+def _model_summary(model: Path, config: Any) -> dict[str, Any]:
+    """The widths and depths a plan is computed from, as the plan shows them."""
+    text, vision = config.get_text_config(), config.vision_config
+    return {
+        "source": str(model),
+        "text": {
+            "hidden_size": text.hidden_size,
+            "layers": text.num_hidden_layers,
+            "heads": text.num_attention_heads,
+            "kv_heads": text.num_key_value_heads,
+            "intermediate_size": text.intermediate_size,
+            "vocab_size": text.vocab_size,
+            "rope_theta": (text.rope_parameters or {}).get("rope_theta"),
+        },
+        "vision": {
+            "hidden_size": vision.hidden_size,
+            "layers": vision.num_hidden_layers,
+            "heads": vision.num_attention_heads,
+            "intermediate_size": vision.intermediate_size,
+            "patch_size": vision.patch_size,
+        },
+    }
+
+
+def _problems(train: dict[str, Any], serve: dict[str, Any]) -> list[str]:
+    """What does not fit, with the parts that add up to it."""
+    problems = []
+    if not train["fits"]:
+        problems.append(
+            f"training needs {train['total_gb']:.1f} GB per GPU at micro batch "
+            f"{train['micro_batch_size']} (weights {train['frozen_weights_gb']:.1f}, model states "
+            f"{train['model_states_gb']:.1f}, activations {train['activations_gb']:.1f}, logits "
+            f"{train['logits_gb']:.1f}, vision {train['vision_forward_gb']:.1f}, reserve "
+            f"{train['reserved_gb']:.1f}); the GPU has {train['gpu_memory_gb']:g} GB"
+        )
+    if not serve["fits"]:
+        problems.append(
+            f"serving needs {serve['total_gb']:.1f} GB per replica for {serve['batch_tokens']} "
+            f"batch tokens (weights {serve['weights_gb']:.1f}, KV cache {serve['kv_cache_gb']:.1f}, "
+            f"prefill {serve['prefill_gb']:.1f}); the GPU has {serve['gpu_memory_gb']:g} GB"
+        )
+    return problems
+
+
 def build_plan(
     cfg: TrainConfig,
     model: Path,
@@ -413,7 +457,6 @@ def build_plan(
 
     tokenizer = _tokenizer(model)
     config = load_native_config(model, tokenizer)
-    text, vision = config.get_text_config(), config.vision_config
     params, largest = count_parameters(config, cfg)
     train_tokens = (
         measured_tokens(data)
@@ -431,45 +474,14 @@ def build_plan(
     train["max_micro_batch_size"] = max_micro_batch(config, cfg, params, train_tokens, profile)
     serve = serving_memory(config, cfg, params, serve_tokens)
     plan = ResourcePlan(
-        model={
-            "source": str(model),
-            "text": {
-                "hidden_size": text.hidden_size,
-                "layers": text.num_hidden_layers,
-                "heads": text.num_attention_heads,
-                "kv_heads": text.num_key_value_heads,
-                "intermediate_size": text.intermediate_size,
-                "vocab_size": text.vocab_size,
-                "rope_theta": (text.rope_parameters or {}).get("rope_theta"),
-            },
-            "vision": {
-                "hidden_size": vision.hidden_size,
-                "layers": vision.num_hidden_layers,
-                "heads": vision.num_attention_heads,
-                "intermediate_size": vision.intermediate_size,
-                "patch_size": vision.patch_size,
-            },
-        },
+        model=_model_summary(model, config),
         parameters=params,
         tokens={"training": train_tokens, "serving": serve_tokens},
         training_memory=train,
         storage=storage(cfg, params, train_tokens, data, clips),
         serving_memory=serve,
     )
-    if not train["fits"]:
-        plan.problems.append(
-            f"training needs {train['total_gb']:.1f} GB per GPU at micro batch "
-            f"{train['micro_batch_size']} (weights {train['frozen_weights_gb']:.1f}, model states "
-            f"{train['model_states_gb']:.1f}, activations {train['activations_gb']:.1f}, logits "
-            f"{train['logits_gb']:.1f}, vision {train['vision_forward_gb']:.1f}, reserve "
-            f"{train['reserved_gb']:.1f}); the GPU has {train['gpu_memory_gb']:g} GB"
-        )
-    if not serve["fits"]:
-        plan.problems.append(
-            f"serving needs {serve['total_gb']:.1f} GB per replica for {serve['batch_tokens']} "
-            f"batch tokens (weights {serve['weights_gb']:.1f}, KV cache {serve['kv_cache_gb']:.1f}, "
-            f"prefill {serve['prefill_gb']:.1f}); the GPU has {serve['gpu_memory_gb']:g} GB"
-        )
+    plan.problems += _problems(train, serve)
     return plan
 
 

@@ -359,12 +359,26 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: " + " | ".join(tail)[:1500]
 
 
+@dataclass(frozen=True)
+class TrainInputs:
+    """What a training job reads and where it writes.
+
+    Attributes:
+        data: A preprocessed dataset (``crashchat preprocess`` output).
+        base_model: Native model folder (or id) the adapters are trained on.
+        output: Folder of the platform checkpoints (one per mixture) and the summary.
+        mixtures: The task mixtures to train, one run each.
+    """
+
+    data: str | Path
+    base_model: str
+    output: str | Path
+    mixtures: list[Mixture]
+
+
 def run_training(
     cfg: TrainConfig,
-    data_dir: str | Path,
-    base_model: str,
-    output: str | Path,
-    mixtures: list[Mixture],
+    inputs: TrainInputs,
     address: str | None = None,
     on_event: Callable[[str], None] | None = None,
 ) -> tuple[list[MixtureResult], str | None]:
@@ -375,7 +389,8 @@ def run_training(
     """
     from crashchat.ray_utils import ensure_ray
 
-    output = Path(output)
+    data_dir, base_model, mixtures = inputs.data, inputs.base_model, inputs.mixtures
+    output = Path(inputs.output)
     output.mkdir(parents=True, exist_ok=True)
     started_ray = ensure_ray(address)
     try:

@@ -362,26 +362,38 @@ def _manifest(
     }
 
 
+@dataclass(frozen=True)
+class PreprocessInputs:
+    """What a preprocessing job reads and where it writes.
+
+    Attributes:
+        annotations: Annotation files or folders.
+        video_root: Folder the annotations' video paths are relative to.
+        model: Model directory whose processor prepares the inputs.
+        out: Output folder.
+    """
+
+    annotations: Sequence[str | Path]
+    video_root: str | Path
+    model: str | Path
+    out: str | Path
+
+
 def run_preprocess(
-    annotations: Sequence[str | Path],
-    video_root: str | Path,
-    model: str | Path,
-    out: str | Path,
-    cfg: PreprocessConfig | None = None,
+    cfg: PreprocessConfig | None,
+    inputs: PreprocessInputs,
     address: str | None = "local",
     progress: ProgressFn | None = None,
 ) -> PreprocessResult:
-    """Run the preprocessing job and write ``out`` (clips, samples, manifest, failures, prompts).
+    """Run the preprocessing job and write ``inputs.out`` (clips, samples, manifest, failures,
+    prompts).
 
     Clips already stored in ``out`` with the same content and settings are not decoded again;
     samples are rewritten; stored clips no record refers to any more are removed.
 
     Args:
-        annotations: Annotation files or folders.
-        video_root: Folder the annotations' video paths are relative to.
-        model: Model directory whose processor prepares the inputs.
-        out: Output folder.
-        cfg: Job settings.
+        cfg: Job settings (None: the defaults).
+        inputs: Annotations, video root, model and output folder.
         address: ``local`` starts Ray here; ``auto`` or an address joins a cluster. An already
             initialised Ray is used as is.
         progress: Called after each clip with (done, failed, total).
@@ -390,7 +402,8 @@ def run_preprocess(
 
     cfg = cfg or PreprocessConfig()
     start = time.perf_counter()
-    out, root, model = Path(out), Path(video_root), str(model)
+    out, root, model = Path(inputs.out), Path(inputs.video_root), str(inputs.model)
+    annotations = inputs.annotations
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / store.SAMPLES_DIR, ignore_errors=True)
     (out / store.MANIFEST_FILE).unlink(missing_ok=True)  # incomplete until rewritten

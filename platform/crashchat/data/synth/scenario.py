@@ -98,16 +98,14 @@ def _slide(
     track_keys.append((end, x + direction[0] * distance, y + direction[1] * distance))
 
 
-def sample_crash_scene(rng: random.Random, clip_id: str, duration: float, fps: int) -> Scene:
-    """A crash scene: subject, object and cause drawn at random, geometry solved backwards."""
-    cause = rng.choice(CAUSES)
-    subject = rng.choice(SUBJECT_KINDS)
-    obj = rng.choice(OBJECT_KINDS)
-    cue = _on_grid(rng.uniform(0.6, max(0.7, duration - 2.4)), fps)
-    start = _on_grid(cue + rng.uniform(0.7, 1.2), fps)
-    end = _on_grid(min(start + rng.uniform(0.6, 1.2), duration - 0.3), fps)
-    end = max(end, _on_grid(start + 0.3, fps))
+_Point = tuple[float, float]
 
+
+def _crash_geometry(
+    rng: random.Random, cause: str
+) -> tuple[float, _Point, _Point, _Point, _Point, _Point]:
+    """(object's eastbound speed, object's and subject's contact points, subject's position at
+    the cue, subject's and object's headings) that stage ``cause``."""
     if cause == "red_light":
         # Object crosses eastbound; subject comes up the right lane through the red light.
         cx = LANE_RIGHT
@@ -137,7 +135,40 @@ def sample_crash_scene(rng: random.Random, clip_id: str, duration: float, fps: i
         s_contact = (0.31, 0.46)
         s_cue = (LANE_LEFT, 0.64)
         s_dir, o_dir = (-0.7, -0.7), (0.0, -1.0)
+    return ovx, o_contact, s_contact, s_cue, s_dir, o_dir
 
+
+def _approach(
+    cause: str, cue: float, start: float, s_cue: _Point, s_contact: _Point
+) -> list[tuple[float, float, float]]:
+    """The subject's keyframes up to (not including) the contact: normal driving to the cue,
+    then, for a loss of control, two zig-zag points between the cue and the contact."""
+    normal_speed = 0.07
+    keys = [(0.0, s_cue[0], s_cue[1] + normal_speed * cue), (cue, *s_cue)]
+    if cause == "loss_of_control":
+        for frac, wob in ((0.33, 0.05), (0.66, -0.05)):
+            t = cue + frac * (start - cue)
+            keys.append(
+                (
+                    t,
+                    s_cue[0] + frac * (s_contact[0] - s_cue[0]) + wob,
+                    s_cue[1] + frac * (s_contact[1] - s_cue[1]),
+                )
+            )
+    return keys
+
+
+def sample_crash_scene(rng: random.Random, clip_id: str, duration: float, fps: int) -> Scene:
+    """A crash scene: subject, object and cause drawn at random, geometry solved backwards."""
+    cause = rng.choice(CAUSES)
+    subject = rng.choice(SUBJECT_KINDS)
+    obj = rng.choice(OBJECT_KINDS)
+    cue = _on_grid(rng.uniform(0.6, max(0.7, duration - 2.4)), fps)
+    start = _on_grid(cue + rng.uniform(0.7, 1.2), fps)
+    end = _on_grid(min(start + rng.uniform(0.6, 1.2), duration - 0.3), fps)
+    end = max(end, _on_grid(start + 0.3, fps))
+
+    ovx, o_contact, s_contact, s_cue, s_dir, o_dir = _crash_geometry(rng, cause)
     o_speed = 0.05 if cause != "red_light" else ovx
     if obj == "pedestrian":
         o_speed = min(o_speed, 0.03)
@@ -145,19 +176,7 @@ def sample_crash_scene(rng: random.Random, clip_id: str, duration: float, fps: i
         (0.0, o_contact[0] - o_dir[0] * o_speed * start, o_contact[1] - o_dir[1] * o_speed * start),
         (start, *o_contact),
     ]
-    normal_speed = 0.07
-    s_keys = [(0.0, s_cue[0], s_cue[1] + normal_speed * cue), (cue, *s_cue)]
-    if cause == "loss_of_control":
-        # Weave: two zig-zag points between the cue and the contact.
-        for frac, wob in ((0.33, 0.05), (0.66, -0.05)):
-            t = cue + frac * (start - cue)
-            s_keys.append(
-                (
-                    t,
-                    s_cue[0] + frac * (s_contact[0] - s_cue[0]) + wob,
-                    s_cue[1] + frac * (s_contact[1] - s_cue[1]),
-                )
-            )
+    s_keys = _approach(cause, cue, start, s_cue, s_contact)
     s_keys.append((start, *s_contact))
     slide = rng.uniform(0.04, 0.08)
     _slide(s_keys, end, s_dir, slide)
