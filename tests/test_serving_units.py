@@ -323,3 +323,49 @@ def test_router_refuses_past_max_in_flight_at_once_and_counts_back_down() -> Non
     router.cfg = ServeConfig()  # no bound by default
     with Router._admitted(router), Router._admitted(router), Router._admitted(router):  # type: ignore[arg-type]
         assert router.in_flight == 3
+
+
+_NICENESS_PROBE = """
+import os, threading
+from crashchat.serving.cpu_priority import set_niceness
+ready, stop = threading.Event(), threading.Event()
+def wait():
+    ready.set()
+    stop.wait()
+before = threading.Thread(target=wait)  # started before: set by the call
+before.start()
+ready.wait()
+assert set_niceness(7) is None
+after = threading.Thread(target=lambda: print(os.getpriority(os.PRIO_PROCESS, 0)))
+after.start()  # started after: inherits
+after.join()
+print(sorted({os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")}))
+stop.set()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_niceness_reaches_every_thread_of_the_replica() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _NICENESS_PROBE], capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["7", "[7]"]
+
+
+def test_niceness_that_cannot_be_set_is_a_reason_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from crashchat.serving import cpu_priority
+
+    def refuse(*_: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cpu_priority.os, "setpriority", refuse)
+    reason = cpu_priority.set_niceness(-5)
+    assert reason == "could not set niceness -5: Permission denied"
+    with pytest.raises(ValueError, match="niceness"):
+        ServeConfig.model_validate({"model": {"niceness": 25}})

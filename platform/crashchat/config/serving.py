@@ -66,6 +66,15 @@ class ReplicaSettings(StrictModel):
     batch_wait_timeout_s: float = Field(
         0.01, ge=0, description="Dynamic batching: longest wait for a batch to fill."
     )
+    niceness: int | None = Field(
+        None,
+        ge=-20,
+        le=19,
+        description="CPU priority of the replicas' processes (Unix niceness, -20 .. 19; higher "
+        "yields more; None keeps Ray's). The router's default, -10, lets it answer and refuse "
+        "first where replicas share cores. Below 0 needs CAP_SYS_NICE (root, or the capability "
+        "granted to the container); a replica that cannot set it logs a warning and runs on.",
+    )
 
     def ray_actor_options(self) -> dict[str, Any]:
         """``ray_actor_options`` for ``serve.deployment``."""
@@ -155,8 +164,10 @@ class ServeConfig(StrictModel):
             max_queued_requests=-1,
             autoscaling=AutoscalingSettings(min_replicas=1, max_replicas=1),
             max_batch_size=1,
+            niceness=-10,
         ),
-        description="The HTTP ingress.",
+        description="The HTTP ingress (niceness -10: it answers and refuses before the models "
+        "and decodes sharing its cores get their next slice).",
     )
     max_models_per_replica: int = Field(
         4, ge=1, description="Multiplexed mode: adapters kept loaded per replica."

@@ -30,7 +30,7 @@ from crashchat.serving.catalog import (
     processor_group,
 )
 from crashchat.serving.clip_inputs import ClipInputs
-from crashchat.serving.deployments import Answer, Failure
+from crashchat.serving.deployments import Answer, Failure, apply_niceness
 from crashchat.serving.generation import Question
 from crashchat.serving.requests import (
     RequestError,
@@ -116,6 +116,7 @@ class Router:
     ) -> None:
         self.catalog = Catalog.from_args(catalog_args)
         self.cfg = ServeConfig.model_validate(cfg_json)
+        apply_niceness(self.cfg.router, "router")
         self.decoder = decoder
         self.models = models
         self.multiplexed = multiplexed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import tempfile
 import time
@@ -19,9 +20,10 @@ from typing import Any
 
 from ray import serve
 
-from crashchat.config import ServeConfig
+from crashchat.config import ReplicaSettings, ServeConfig
 from crashchat.serving.batching import GreedyBatcher
 from crashchat.serving.clip_inputs import ClipInputs, build_clip_inputs
+from crashchat.serving.cpu_priority import set_niceness
 from crashchat.serving.generation import AdapterBank, BatchGenerator, Question
 from crashchat.video.decode import decode_spec
 
@@ -47,6 +49,15 @@ class Answer:
     finish_reason: str = "stop"
 
 
+def apply_niceness(settings: ReplicaSettings, who: str) -> None:
+    """Set this replica's CPU priority from its settings (a warning when it cannot)."""
+    if settings.niceness is None:
+        return
+    problem = set_niceness(settings.niceness)
+    if problem:
+        logging.getLogger("ray.serve").warning("%s: %s; running at the default", who, problem)
+
+
 class Decoder:
     """Probes and decodes request videos; the processor runs here, not on the model replicas.
 
@@ -62,6 +73,7 @@ class Decoder:
         from crashchat.video.model_inputs import InputBuilder
 
         self.cfg = ServeConfig.model_validate(cfg_json)
+        apply_niceness(self.cfg.decoder, "decoder")
         self.builders = {
             group: InputBuilder(AutoProcessor.from_pretrained(p["dir"], trust_remote_code=False))
             for group, p in processors.items()
@@ -148,6 +160,7 @@ class CheckpointModel:
 
         cfg = ServeConfig.model_validate(cfg_json)
         settings = cfg.replica(name)
+        apply_niceness(settings, f"checkpoint {name}")
         self.name = name
         self.generator = BatchGenerator(
             load_model_or_checkpoint(path, cfg.dtype, cfg.attention),
@@ -214,6 +227,7 @@ class MultiplexedModel:
     def __init__(self, base: str, checkpoints: dict[str, str], cfg_json: dict[str, Any]) -> None:
         cfg = ServeConfig.model_validate(cfg_json)
         settings = cfg.model
+        apply_niceness(settings, "multiplexed model")
         self.paths = checkpoints
         self.bank = AdapterBank(base, cfg.dtype, cfg.attention)
         self.generator = BatchGenerator(
