@@ -273,9 +273,7 @@ def test_killed_worker_resumes_from_the_newest_checkpoint(
     out = tmp_path / "out"
     # Workers of earlier runs may still be exiting: only this run's workers are candidates.
     earlier = {p.pid for p in _train_workers()}
-    thread, box = _in_thread(
-        lambda: run_training(cfg, train_data, str(tiny_model_dir), out, [get_mixture(MIXTURE)])
-    )
+    thread, box = _in_thread(lambda: run_training(cfg, _inputs(train_data, tiny_model_dir, out)))
     storage = out / "_ray"
     _wait(lambda: _registered_checkpoints(storage) >= 2 or not thread.is_alive(), 600,
           "two registered checkpoints")  # fmt: skip
