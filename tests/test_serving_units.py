@@ -332,14 +332,16 @@ ready, stop = threading.Event(), threading.Event()
 def wait():
     ready.set()
     stop.wait()
-before = threading.Thread(target=wait)  # started before: set by the call
+before = threading.Thread(target=wait, daemon=True)  # started before: set by the call
 before.start()
 ready.wait()
 assert set_niceness(7) is None
 after = threading.Thread(target=lambda: print(os.getpriority(os.PRIO_PROCESS, 0)))
 after.start()  # started after: inherits
 after.join()
-print(sorted({os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")}))
+# The threads alive now (a joined thread can linger in /proc for a moment; its entry may vanish).
+alive = [threading.main_thread().native_id, before.native_id]
+print(sorted({os.getpriority(os.PRIO_PROCESS, tid) for tid in alive}))
 stop.set()
 """
 

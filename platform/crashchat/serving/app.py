@@ -30,7 +30,8 @@ from crashchat.serving.catalog import (
     processor_group,
 )
 from crashchat.serving.clip_inputs import ClipInputs
-from crashchat.serving.deployments import Answer, Failure, apply_niceness
+from crashchat.serving.cpu_priority import apply_niceness
+from crashchat.serving.deployments import Answer, Failure
 from crashchat.serving.generation import Question
 from crashchat.serving.requests import (
     RequestError,

@@ -11,7 +11,12 @@ process is set; threads started later inherit their creator's.
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crashchat.config import ReplicaSettings
 
 
 def set_niceness(niceness: int) -> str | None:
@@ -34,3 +39,12 @@ def set_niceness(niceness: int) -> str | None:
     except OSError as exc:
         return f"could not set niceness {niceness}: {exc.strerror or exc}"
     return None
+
+
+def apply_niceness(settings: ReplicaSettings, who: str) -> None:
+    """Set this replica's CPU priority from its settings (a warning when it cannot)."""
+    if settings.niceness is None:
+        return
+    problem = set_niceness(settings.niceness)
+    if problem:
+        logging.getLogger("ray.serve").warning("%s: %s; running at the default", who, problem)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import os
 import tempfile
 import time
@@ -20,10 +19,10 @@ from typing import Any
 
 from ray import serve
 
-from crashchat.config import ReplicaSettings, ServeConfig
+from crashchat.config import ServeConfig
 from crashchat.serving.batching import GreedyBatcher
 from crashchat.serving.clip_inputs import ClipInputs, build_clip_inputs
-from crashchat.serving.cpu_priority import set_niceness
+from crashchat.serving.cpu_priority import apply_niceness
 from crashchat.serving.generation import AdapterBank, BatchGenerator, Question
 from crashchat.video.decode import decode_spec
 
@@ -47,15 +46,6 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
-
-
-def apply_niceness(settings: ReplicaSettings, who: str) -> None:
-    """Set this replica's CPU priority from its settings (a warning when it cannot)."""
-    if settings.niceness is None:
-        return
-    problem = set_niceness(settings.niceness)
-    if problem:
-        logging.getLogger("ray.serve").warning("%s: %s; running at the default", who, problem)
 
 
 class Decoder:
