@@ -258,8 +258,14 @@ def test_orphaned_haproxy_is_found_and_stopped_but_a_living_one_is_not(tmp_path:
         living.wait()
 
 
-def test_a_stale_endpoint_record_is_cleared_and_blocks_nothing(tmp_path: Path) -> None:
+def test_a_stale_endpoint_record_is_cleared_and_blocks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import json
+
+    # serve_down turns token auth on for its process (a recorded head uses tokens); set here so
+    # it is unset again after the test: a later in-process Ray must not start a token GCS.
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
 
     from crashchat.local_cluster import free_port
     from crashchat.serving.lifecycle import ServeSetupError, ServeState, live_endpoint, serve_down

@@ -250,22 +250,9 @@ def serve_batch_cmd(
     """Send videos in bulk to /v1/batch; print a crash report per clip and a summary."""
     import os
 
-    from crashchat.serving.client import (
-        batch_items,
-        send_batch,
-        truth_of_split,
-        videos_from,
-        videos_of_split,
-    )
+    from crashchat.serving.client import batch_items, send_batch
 
-    truth: dict[str, dict] = {}
-    if annotations is not None:
-        clips = videos_of_split(annotations, video_root or annotations, split)
-        truth = truth_of_split(annotations, split)
-    else:
-        clips = videos_from(list(videos or []))
-    if not clips:
-        fail("no videos to send (give video files/folders, or --annotations with clips)")
+    clips, truth = _clips_to_send(videos, annotations, video_root, split)
     vs = " (answer / truth)" if truth else ""
     table = Table(
         "clip", f"crash{vs}", f"interval s{vs}", f"cue s{vs}", "answered by", "description"
@@ -293,6 +280,22 @@ def serve_batch_cmd(
     print(json.dumps({"url": url, "page": url, **summary, "out": str(out) if out else None}))
     if summary.get("failed"):
         raise typer.Exit(1)
+
+
+def _clips_to_send(
+    videos: list[Path] | None, annotations: Path | None, video_root: Path | None, split: str
+) -> tuple[list[Path], dict[str, dict]]:
+    """The clips of a batch and, when they come from annotations, each one's true answers."""
+    from crashchat.serving.client import truth_of_split, videos_from, videos_of_split
+
+    if annotations is not None:
+        clips = videos_of_split(annotations, video_root or annotations, split)
+        truth = truth_of_split(annotations, split)
+    else:
+        clips, truth = videos_from(list(videos or [])), {}
+    if not clips:
+        fail("no videos to send (give video files/folders, or --annotations with clips)")
+    return clips, truth
 
 
 def _add_row(

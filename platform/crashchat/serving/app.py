@@ -103,6 +103,20 @@ def build_report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _result_entry(task: str, c: ServedCheckpoint, ans: Answer, parse: str) -> dict[str, Any]:
+    """One task's entry of an analysis: who answered, how long it took, the parsed answer."""
+    entry: dict[str, Any] = {
+        "checkpoint": c.name,
+        "kind": str(get_task(task).kind),
+        "model_ms": round(ans.model_ms, 1),
+        "batch_size": ans.batch_size,
+    }
+    if ans.error:
+        return entry | {"error": ans.error}
+    parsed = parse_answer(task, ans.response, parse).to_json()
+    return entry | {"answer": ans.response, "value": parsed["value"], "parsed": parsed["parsed"]}
+
+
 @serve.ingress(api)
 class Router:
     """The HTTP API: checks requests, decodes once, asks each task's checkpoint, answers."""
@@ -239,6 +253,19 @@ class Router:
                 await asyncio.sleep(limits.replica_retry_backoff_s * 2**attempt)
         raise AssertionError("unreachable")
 
+    async def _decode(self, source: VideoSource, groups: set[str]) -> dict[str, ClipInputs]:
+        """The clip's model inputs for each processor group (one decode per group)."""
+        payload = {"data": source.data, "filename": source.filename, "path": source.path}
+        clips: dict[str, ClipInputs] = {}
+        for group in sorted(groups):
+            got = await self._call(
+                lambda g=group: self.decoder.decode.remote(g, payload), "the video decoder"
+            )
+            if isinstance(got, Failure):
+                raise RequestError(got.status, got.detail)
+            clips[group] = got
+        return clips
+
     async def analyze_source(
         self, source: VideoSource, tasks: list[str] | str, checkpoint: str
     ) -> dict[str, Any]:
@@ -249,16 +276,8 @@ class Router:
             routes = {t: self.catalog.route(t, checkpoint) for t in keys}
         except RouteError as exc:
             raise RequestError(404, str(exc)) from None
-        payload = {"data": source.data, "filename": source.filename, "path": source.path}
-        clips: dict[str, ClipInputs] = {}
         decode_started = time.perf_counter()
-        for group in sorted({self.groups[c.name] for c in routes.values()}):
-            got = await self._call(
-                lambda g=group: self.decoder.decode.remote(g, payload), "the video decoder"
-            )
-            if isinstance(got, Failure):
-                raise RequestError(got.status, got.detail)
-            clips[group] = got
+        clips = await self._decode(source, {self.groups[c.name] for c in routes.values()})
         decode_wait_ms = (time.perf_counter() - decode_started) * 1000
 
         async def ask(task: str, c: ServedCheckpoint) -> Answer:
@@ -270,24 +289,10 @@ class Router:
         models_started = time.perf_counter()
         answers = await asyncio.gather(*(ask(t, c) for t, c in routes.items()))
         models_wait_ms = (time.perf_counter() - models_started) * 1000
-        results: dict[str, dict[str, Any]] = {}
-        for (task, c), ans in zip(routes.items(), answers, strict=True):
-            entry: dict[str, Any] = {
-                "checkpoint": c.name,
-                "kind": str(get_task(task).kind),
-                "model_ms": round(ans.model_ms, 1),
-                "batch_size": ans.batch_size,
-            }
-            if ans.error:
-                entry["error"] = ans.error
-            else:
-                parsed = parse_answer(task, ans.response, self.cfg.parse).to_json()
-                entry |= {
-                    "answer": ans.response,
-                    "value": parsed["value"],
-                    "parsed": parsed["parsed"],
-                }
-            results[task] = entry
+        results = {
+            task: _result_entry(task, c, ans, self.cfg.parse)
+            for (task, c), ans in zip(routes.items(), answers, strict=True)
+        }
         clip = next(iter(clips.values()))
         return {
             "video": {"source": source.describe(), **clip.describe()},
