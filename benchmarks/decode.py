@@ -173,7 +173,7 @@ def _ceiling_clip(job: tuple[str, str, str, int | None, int, int]) -> int:
     from crashchat.video.clip_processing import clip_key, file_sha256, input_builder, settings_key
     from crashchat.video.decode import DecodeSpec, decode_clip
     from crashchat.video.probe import probe_video
-    from crashchat.video.samples import write_clip, write_records
+    from crashchat.video.samples import pack_pixels, write_clip, write_records
 
     spec = DecodeSpec(frame_size=frame_size, max_visual_tokens=budget)
     builder = input_builder(model)
@@ -185,7 +185,7 @@ def _ceiling_clip(job: tuple[str, str, str, int | None, int, int]) -> int:
         "clip_key": key, "video": path, "file_sha256": key, "settings_key": key,
         "num_frames": len(clip.indices), "timestamps": clip.timestamps,
         "frame_indices": clip.indices, "frame_tokens": vid.frame_tokens,
-        "pixel_values": vid.pixels.tobytes(), "pixel_shape": list(vid.pixels.shape),
+        "pixel_values": pack_pixels(vid.pixels), "pixel_shape": list(vid.pixels.shape),
         "video_grid_thw": vid.grid_thw, "video_merge_size": vid.merge_size,
         "video_compression_mask": vid.compression_mask, "source_fps": clip.source_fps,
         "source_frames": clip.source_frames, "width": probe.width, "height": probe.height,

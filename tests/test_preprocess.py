@@ -330,6 +330,7 @@ def test_joined_rows_hold_the_tensors_direct_processing_gives(
     from crashchat.models import load_model
     from crashchat.video.decode import DecodeSpec, decode_clip
     from crashchat.video.model_inputs import InputBuilder
+    from crashchat.video.samples import pack_pixels, unpack_pixels
 
     out, _ = preprocessed
     builder = InputBuilder(load_model(tiny_model_dir).processor)
@@ -345,7 +346,8 @@ def test_joined_rows_hold_the_tensors_direct_processing_gives(
                 builder.video(clip.frames, clip.indices, clip.source_fps, clip.source_frames),
             )
         clip, vid = direct[row["video"]]
-        assert row["pixel_values"] == vid.pixels.tobytes()
+        assert row["pixel_values"] == pack_pixels(vid.pixels)  # stored pixel-major
+        assert (unpack_pixels(row["pixel_values"], row["pixel_shape"]) == vid.pixels).all()
         assert row["video_grid_thw"] == vid.grid_thw
         assert row["video_compression_mask"] == vid.compression_mask
         assert row["frame_indices"] == clip.indices and row["num_frames"] == len(clip.indices)
@@ -387,9 +389,30 @@ def test_adding_clips_decodes_only_the_new_ones(
     assert len(stored_clip_keys(out)) == 1
 
 
-def test_a_dataset_in_the_old_layout_is_refused_with_how_to_rebuild(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 2])  # pixels with every record; channel-major clips
+def test_a_dataset_in_the_old_layout_is_refused_with_how_to_rebuild(
+    tmp_path: Path, version: int
+) -> None:
     from crashchat.video.samples import DatasetVersionError
 
-    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1, "counts": {}}))
-    with pytest.raises(DatasetVersionError, match=r"schema version 1.*crashchat preprocess"):
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": version, "counts": {}}))
+    with pytest.raises(
+        DatasetVersionError, match=rf"schema version {version}.*crashchat preprocess"
+    ):
         load_manifest(tmp_path)
+
+
+def test_stored_pixels_are_pixel_major_and_round_trip() -> None:
+    import numpy as np
+
+    from crashchat.video.samples import pack_pixels, unpack_pixels
+
+    patches = np.random.default_rng(0).integers(0, 256, (5, 3 * 4), dtype=np.uint8)
+    stored = pack_pixels(patches)
+    # A patch's values are 3 channel planes of 4 pixels; stored, each pixel's R, G, B adjoin.
+    assert list(stored[:6]) == [patches[0, 0], patches[0, 4], patches[0, 8],
+                                patches[0, 1], patches[0, 5], patches[0, 9]]  # fmt: skip
+    back = unpack_pixels(stored, [5, 12])
+    assert back.flags.c_contiguous and (back == patches).all()
+    with pytest.raises(ValueError, match="not 3 equal channel planes"):
+        pack_pixels(patches[:, :11])

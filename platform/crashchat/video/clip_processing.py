@@ -39,11 +39,18 @@ def input_builder(model: str) -> Any:
 
 
 def settings_key(spec: DecodeSpec, video_processor: Any) -> str:
-    """Digest of everything that shapes a clip's stored row: sampling, sizing, the processor."""
+    """Digest of everything that shapes a clip's stored row: sampling, sizing, the processor,
+    the stored layout (a clip of another schema version is never reused)."""
+    from crashchat.video.samples import SCHEMA_VERSION
+
     processor = video_processor.to_dict()
     keep = {k: processor.get(k) for k in sorted(processor) if not k.startswith("_")}
     spec_fields = {k: v for k, v in asdict(spec).items() if k != "fault_injection"}
-    text = json.dumps({"spec": spec_fields, "processor": keep}, sort_keys=True, default=str)
+    text = json.dumps(
+        {"spec": spec_fields, "processor": keep, "layout": SCHEMA_VERSION},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -79,7 +86,7 @@ def process_clip(
     """
     import ray
 
-    from crashchat.video.samples import CLIP_META_COLUMNS, write_clip
+    from crashchat.video.samples import CLIP_META_COLUMNS, pack_pixels, write_clip
 
     clip = decode_clip(path, probe.width, probe.height, probe.frames, spec, probe.fps)
     builder = input_builder(model)
@@ -93,7 +100,7 @@ def process_clip(
         "timestamps": clip.timestamps,
         "frame_indices": clip.indices,
         "frame_tokens": vid.frame_tokens,
-        "pixel_values": vid.pixels.tobytes(),
+        "pixel_values": pack_pixels(vid.pixels),
         "pixel_shape": list(vid.pixels.shape),
         "video_grid_thw": vid.grid_thw,
         "video_merge_size": vid.merge_size,

@@ -1,7 +1,7 @@
 """The preprocessed dataset on disk: each clip's pixels stored once, one row per record, and its
 readers, which join the two.
 
-Layout of a preprocessing output folder ``OUT`` (schema version 2)::
+Layout of a preprocessing output folder ``OUT`` (schema version 3)::
 
     OUT/clips/<clip_key>.parquet        one row per clip and sampling setting (CLIP_SCHEMA): pixels,
                                         grid, merge size, compression mask, timestamps, frame
@@ -17,6 +17,11 @@ a clip is decoded once per setting however many records and runs name it. Reader
 record rows (:func:`read_samples`) and whoever uses them joins them with their clips
 (:class:`ClipStore`): a joined row (SAMPLE_SCHEMA) has exactly the columns of schema version 1,
 which stored the pixels with every record.
+
+A clip's pixels are its processor's uint8 patches (``pixel_shape`` = patches x patch values,
+channel-major within a patch) stored pixel-major: each pixel's three channel values side by side
+(:func:`pack_pixels`). Decoded video's channels move together (its grain and edges are in the
+luma), so they compress together: about 10% smaller with zstd than channel-major (schema 2).
 
 This module is the only one that writes or reads these files.
 """
@@ -37,7 +42,8 @@ import torch
 
 from crashchat.video.model_inputs import IGNORE_INDEX, PixelNorm, to_model_inputs
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+CHANNELS = 3  # RGB: a patch's values are CHANNELS planes of equal size
 CLIPS_DIR = "clips"
 SAMPLES_DIR = "samples"
 MANIFEST_FILE = "manifest.json"
@@ -228,7 +234,7 @@ def load_manifest(out: str | Path) -> dict[str, Any]:
     if version != SCHEMA_VERSION:
         raise DatasetVersionError(
             f"{path}: schema version {version}, this code reads {SCHEMA_VERSION} (each clip's "
-            "pixels stored once, in clips/). Rebuild the dataset: crashchat preprocess "
+            "pixels stored once, in clips/, pixel-major). Rebuild the dataset: crashchat preprocess "
             f"--annotations ... --video-root ... --model ... --out {out}"
         )
     return manifest
@@ -317,12 +323,26 @@ def read_samples_table(out: str | Path) -> pa.Table:
     return ClipStore(out, cache_clips=4).attach_table(read_records_table(out))
 
 
+def pack_pixels(pixels: np.ndarray) -> bytes:
+    """A clip's uint8 patches (patches x values, channel-major) as stored: pixel-major."""
+    n, dim = pixels.shape
+    if dim % CHANNELS:
+        raise ValueError(f"patch of {dim} values is not {CHANNELS} equal channel planes")
+    return pixels.reshape(n, CHANNELS, dim // CHANNELS).transpose(0, 2, 1).tobytes()
+
+
+def unpack_pixels(data: bytes, shape: list[int]) -> np.ndarray:
+    """The stored bytes of :func:`pack_pixels` back as the processor's patches."""
+    n, dim = shape
+    stored = np.frombuffer(data, dtype=np.uint8).reshape(n, dim // CHANNELS, CHANNELS)
+    return np.ascontiguousarray(stored.transpose(0, 2, 1)).reshape(n, dim)
+
+
 def row_to_model_inputs(
     row: dict[str, Any], norm: PixelNorm, with_labels: bool = True
 ) -> dict[str, torch.Tensor]:
     """Tensors (batch of one) for a sample row, ready for ``model(**inputs)``."""
-    shape = [int(x) for x in row["pixel_shape"]]
-    pixels = np.frombuffer(row["pixel_values"], dtype=np.uint8).reshape(shape)
+    pixels = unpack_pixels(row["pixel_values"], [int(x) for x in row["pixel_shape"]])
     labels = [int(x) for x in row["labels"]] if with_labels else None
     return to_model_inputs(
         [int(x) for x in row["input_ids"]],
