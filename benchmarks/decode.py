@@ -268,14 +268,24 @@ def clip_frames(out: Path) -> dict[str, int]:
 
 def layout_bytes(out: Path, records: int) -> tuple[float, float, float]:
     """Bytes per record: this layout; schema version 1 as it was written (pixels with every
-    record; Parquet's default dictionary encoding shares part of a clip's adjacent copies);
-    schema version 1 without that sharing (six full copies)."""
+    record, channel-major as the processor gives them; Parquet's default dictionary encoding
+    shares part of a clip's adjacent copies); schema version 1 without that sharing (six full
+    copies)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from crashchat.video.samples import read_samples_table
+    from crashchat.video.samples import read_samples_table, unpack_pixels
 
     now = sum(f.stat().st_size for d in ("clips", "samples") for f in (out / d).glob("*.parquet"))
     table = read_samples_table(out).drop(["clip_key"])
+    channel_major = [
+        unpack_pixels(px, shape).tobytes()
+        for px, shape in zip(
+            table["pixel_values"].to_pylist(), table["pixel_shape"].to_pylist(), strict=True
+        )
+    ]
+    column = table.schema.get_field_index("pixel_values")
+    table = table.set_column(column, "pixel_values", pa.array(channel_major, pa.binary()))
     sizes = []
     for dictionary in (True, [c for c in table.column_names if c != "pixel_values"]):
         v1 = out.parent / f"{out.name}-v1.parquet"
