@@ -263,9 +263,10 @@ def test_a_stale_endpoint_record_is_cleared_and_blocks_nothing(
 ) -> None:
     import json
 
-    # serve_down turns token auth on for its process (a recorded head uses tokens); set here so
-    # it is unset again after the test: a later in-process Ray must not start a token GCS.
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    # A stale record touches neither Ray nor this process's auth mode (a later in-process Ray
+    # would otherwise start a GCS wanting tokens its client does not send).
+    monkeypatch.setenv("RAY_AUTH_MODE", "unset by teardown")  # restored even if this fails
+    monkeypatch.delenv("RAY_AUTH_MODE")
 
     from crashchat.local_cluster import free_port
     from crashchat.serving.lifecycle import ServeSetupError, ServeState, live_endpoint, serve_down
@@ -279,7 +280,7 @@ def test_a_stale_endpoint_record_is_cleared_and_blocks_nothing(
     assert live_endpoint(record) is None  # a stale record does not block a new --detach
     # A stale record is cleared by `serve down` without trying to reach the dead head.
     assert serve_down(state_file=record).address == dead
-    assert not record.exists()
+    assert not record.exists() and "RAY_AUTH_MODE" not in os.environ
     with pytest.raises(ServeSetupError, match="no detached endpoint"):
         serve_down(state_file=record)
 

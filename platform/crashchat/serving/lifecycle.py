@@ -216,15 +216,15 @@ def serve_down(state: ServeState | None = None, state_file: Path = DEFAULT_STATE
         if not state_file.is_file():
             raise ServeSetupError(f"{state_file}: no detached endpoint is recorded")
         state = ServeState(**json.loads(state_file.read_text()))
+    if recorded and state.started_ray and not _gcs_reachable(state.address):
+        # The head is gone (a reboot, a kill): nothing to shut down, only a stale record.
+        state_file.unlink(missing_ok=True)
+        return state
     if state.started_ray:
         enable_token_auth()  # the head start_head made
     import ray
     from ray import serve
 
-    if recorded and state.started_ray and not _gcs_reachable(state.address):
-        # The head is gone (a reboot, a kill): nothing to shut down, only a stale record.
-        state_file.unlink(missing_ok=True)
-        return state
     if not ray.is_initialized():
         ray.init(address=state.address, log_to_driver=False, configure_logging=False)
     if state.started_ray:
