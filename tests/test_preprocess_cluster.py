@@ -8,7 +8,6 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from conftest import start_local_ray
 from crashchat.config import PreprocessConfig
 from crashchat.video.pipeline import PreprocessInputs, run_preprocess
 from crashchat.video.samples import read_samples_table
@@ -44,17 +43,3 @@ def test_all_decode_work_runs_on_the_cpu_decode_node(
     nodes = set(read_samples_table(tmp_path)["decode_node"].to_pylist())
     assert nodes == {decode_node}
     assert "pinned to nodes with resource 'cpu_decode'" in result.manifest["placement"]
-
-
-def test_without_the_resource_work_runs_anywhere(
-    synth_dir: Path, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    start_local_ray(2)
-    try:
-        ann = [synth_dir / "crashchat_synth_crash_recognition_test.json"]
-        inputs = PreprocessInputs(ann, synth_dir, tiny_model_dir, tmp_path)
-        result = run_preprocess(PreprocessConfig(), inputs, address=None)
-    finally:
-        ray.shutdown()
-    assert result.failures == [] and result.samples > 0
-    assert "no node offers resource 'cpu_decode'" in result.manifest["placement"]

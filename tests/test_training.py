@@ -263,37 +263,74 @@ def _train_workers() -> list[psutil.Process]:
     return found
 
 
+# One run, two faults (each a real process death): the tracking server goes down mid-run, then a
+# training worker is killed. Training resumes from the newest checkpoint, and once the server is
+# back one sync leaves MLflow holding every step exactly once, as the run computed it.
 @pytest.mark.timeout(900)
-def test_killed_worker_resumes_from_the_newest_checkpoint(
+def test_dead_tracking_server_and_killed_worker_lose_nothing(
     train_data: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # Enough steps after the kill point that the kill lands mid-run even on a fast machine.
-    cfg = _cfg(tmp_path, uri, max_steps=16, eval_every=8, save_every=2)
-    out = tmp_path / "out"
-    # Workers of earlier runs may still be exiting: only this run's workers are candidates.
-    earlier = {p.pid for p in _train_workers()}
-    thread, box = _in_thread(lambda: run_training(cfg, _inputs(train_data, tiny_model_dir, out)))
-    storage = out / "_ray"
-    _wait(lambda: _registered_checkpoints(storage) >= 2 or not thread.is_alive(), 600,
-          "two registered checkpoints")  # fmt: skip
-    assert thread.is_alive(), f"training ended before the kill: {box}"
-    victims = [p for p in _train_workers() if p.pid not in earlier and p.is_running()]
-    assert victims, "no training worker process found"
-    victims[0].kill()  # SIGKILL: a real process death, no clean-up in the worker
-    thread.join(timeout=800)
-    assert not thread.is_alive(), "training did not finish after the restart"
-    assert "error" not in box, box.get("error")
-    results, _ = box["value"]
-    (res,) = results
-    assert res.error is None, res.error
-    assert res.attempts == 2, "the worker group was not restarted"
-    steps = [int(h["step"]) for h in res.history]
-    assert steps == list(range(1, 17)), steps  # continuous: nothing repeated, nothing lost
-    logged = _metric_steps(MlflowClient(uri, registry_uri=uri), res.run_id, "train_loss")
-    assert [s for s, _ in logged] == steps  # MLflow holds each step exactly once
-    assert [round(v, 6) for _, v in logged] == [round(h["train_loss"], 6) for h in res.history]
-    verify_checkpoint(out / MIXTURE)
+    server = MlflowServer(tmp_path / "mlflow")
+    (tmp_path / "mlflow").mkdir()
+    server.start()
+    try:
+        # Enough steps after the kill point that the kill lands mid-run even on a fast machine.
+        cfg = _cfg(tmp_path, server.uri, max_steps=16, eval_every=8, save_every=2)
+        out = tmp_path / "out"
+        # Workers of earlier runs may still be exiting: only this run's workers are candidates.
+        earlier = {p.pid for p in _train_workers()}
+        thread, box = _in_thread(
+            lambda: run_training(cfg, _inputs(train_data, tiny_model_dir, out))
+        )
+        client = MlflowClient(server.uri, registry_uri=server.uri)
+
+        def some_metrics_logged() -> bool:
+            exp = client.get_experiment_by_name(cfg.tracking.experiment)
+            if exp is None:
+                return False
+            runs = client.search_runs([exp.experiment_id])
+            return bool(runs) and bool(client.get_metric_history(runs[0].info.run_id, "train_loss"))
+
+        _wait(lambda: some_metrics_logged() or not thread.is_alive(), 600, "first metrics")
+        server.stop()  # the tracking server goes down mid-run
+        storage = out / "_ray"
+        _wait(lambda: _registered_checkpoints(storage) >= 2 or not thread.is_alive(), 600,
+              "two registered checkpoints")  # fmt: skip
+        assert thread.is_alive(), f"training ended before the kill: {box}"
+        victims = [p for p in _train_workers() if p.pid not in earlier and p.is_running()]
+        assert victims, "no training worker process found"
+        victims[0].kill()  # SIGKILL: a real process death, no clean-up in the worker
+        thread.join(timeout=800)
+        assert not thread.is_alive(), "training did not finish after the restart"
+        assert "error" not in box, box.get("error")
+        results, note = box["value"]
+        (res,) = results
+        assert res.error is None, res.error  # training crashed on neither fault
+        assert res.attempts == 2, "the worker group was not restarted"
+        steps = [int(h["step"]) for h in res.history]
+        assert steps == list(range(1, 17)), steps  # continuous: nothing repeated, nothing lost
+        assert note and "unreachable" in note and "tracking sync" in note
+        pending = out / "tracking_pending.json"
+        assert pending.is_file()
+        verify_checkpoint(out / MIXTURE)
+
+        server.start()  # back up, same store
+        done = subprocess.run(
+            [sys.executable, "-m", "crashchat.cli", "tracking", "sync", str(pending)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert not pending.exists()
+        client = MlflowClient(server.uri, registry_uri=server.uri)
+        run = client.get_run(res.run_id)
+        assert run.info.status == "FINISHED"
+        logged = _metric_steps(client, res.run_id, "train_loss")
+        assert [s for s, _ in logged] == steps  # MLflow holds each step exactly once
+        assert [round(v, 6) for _, v in logged] == [round(h["train_loss"], 6) for h in res.history]
+        assert [s for s, _ in _metric_steps(client, res.run_id, "eval_loss")] == [8, 16]
+        assert client.get_model_version_by_alias("crashchat-tiny", MIXTURE).run_id == res.run_id
+    finally:
+        server.stop()
 
 
 def _torchrun(spec_path: Path, data: Path, storage: Path, *resume: str) -> list[dict[str, Any]]:
@@ -340,57 +377,6 @@ def test_resumed_run_recomputes_the_uninterrupted_steps_exactly(
     assert [h["step"] for h in whole] == [h["step"] for h in resumed] == [1, 2, 3, 4, 5, 6]
     assert [h["learning_rate"] for h in resumed] == [h["learning_rate"] for h in whole]
     assert [h["train_loss"] for h in resumed] == [h["train_loss"] for h in whole]
-
-
-@pytest.mark.timeout(900)
-def test_tracking_server_dying_mid_run_loses_nothing(
-    train_data: Path, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    server = MlflowServer(tmp_path / "mlflow")
-    (tmp_path / "mlflow").mkdir()
-    server.start()
-    try:
-        cfg = _cfg(tmp_path, server.uri, max_steps=8, eval_every=4, save_every=2)
-        out = tmp_path / "out"
-        thread, box = _in_thread(
-            lambda: run_training(cfg, _inputs(train_data, tiny_model_dir, out))
-        )
-        client = MlflowClient(server.uri, registry_uri=server.uri)
-
-        def some_metrics_logged() -> bool:
-            exp = client.get_experiment_by_name(cfg.tracking.experiment)
-            if exp is None:
-                return False
-            runs = client.search_runs([exp.experiment_id])
-            return bool(runs) and bool(client.get_metric_history(runs[0].info.run_id, "train_loss"))
-
-        _wait(lambda: some_metrics_logged() or not thread.is_alive(), 600, "first metrics")
-        server.stop()  # the tracking server goes down mid-run
-        thread.join(timeout=800)
-        assert "error" not in box, box.get("error")
-        results, note = box["value"]
-        (res,) = results
-        assert res.error is None and res.steps == 8, res.error  # training did not crash
-        assert note and "unreachable" in note and "tracking sync" in note
-        pending = out / "tracking_pending.json"
-        assert pending.is_file()
-        verify_checkpoint(out / MIXTURE)
-
-        server.start()  # back up, same store
-        done = subprocess.run(
-            [sys.executable, "-m", "crashchat.cli", "tracking", "sync", str(pending)],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        assert not pending.exists()
-        client = MlflowClient(server.uri, registry_uri=server.uri)
-        run = client.get_run(res.run_id)
-        assert run.info.status == "FINISHED"
-        assert [s for s, _ in _metric_steps(client, res.run_id, "train_loss")] == list(range(1, 9))
-        assert [s for s, _ in _metric_steps(client, res.run_id, "eval_loss")] == [4, 8]
-        assert client.get_model_version_by_alias("crashchat-tiny", MIXTURE).run_id == res.run_id
-    finally:
-        server.stop()
 
 
 def test_cluster_too_small_fails_fast_naming_the_shortfall(local_ray) -> None:  # type: ignore[no-untyped-def]
