@@ -155,7 +155,7 @@ def _direct_call(catalog: Any, clip: Path) -> Any:
     from ray import serve
 
     from crashchat.serving.catalog import processor_group
-    from crashchat.serving.generation import Question
+    from crashchat.serving.messages import Question
 
     ckpt = catalog.checkpoints[TASK]
     group = processor_group(ckpt)

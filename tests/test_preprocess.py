@@ -167,7 +167,7 @@ def test_samples_hold_model_inputs_with_answer_masked_labels(
 def test_round_trip_into_a_forward_pass_matches_direct_processing(
     preprocessed: Any, tiny_model_dir: Path, bad_media: Path
 ) -> None:
-    from crashchat.models import load_model
+    from crashchat.models.loading import load_model
     from crashchat.video.decode import DecodeSpec, decode_clip
     from crashchat.video.model_inputs import InputBuilder
 
@@ -329,7 +329,7 @@ def test_joined_rows_hold_the_tensors_direct_processing_gives(
 ) -> None:
     """Every record's joined row: the same pixels, grid, mask, ids and labels as decoding and
     processing its clip directly (what schema version 1 stored with every record)."""
-    from crashchat.models import load_model
+    from crashchat.models.loading import load_model
     from crashchat.video.decode import DecodeSpec, decode_clip
     from crashchat.video.model_inputs import InputBuilder
     from crashchat.video.samples import pack_pixels, unpack_pixels

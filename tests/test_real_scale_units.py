@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from crashchat.models import load_model
 from crashchat.models.lean_logits import LeanVideoLlama3, supervised_loss
+from crashchat.models.loading import load_model
 from crashchat.serving.batching import GreedyBatcher
 from crashchat.training import loop
 from crashchat.video.model_inputs import IGNORE_INDEX

@@ -14,7 +14,7 @@ from transformers import (
 )
 from transformers.video_utils import VideoMetadata
 
-from crashchat.models import load_model, select_attention, select_dtype
+from crashchat.models.loading import load_model, select_attention, select_dtype
 
 
 def _clip_inputs(processor, video: Path, frame_size: int, answer: str | None = None):

@@ -1,5 +1,6 @@
-"""Model loading and the tiny VideoLLaMA3 kit."""
+"""Model loading and the tiny VideoLLaMA3 kit.
 
-from crashchat.models.loading import LoadedModel, load_model, select_attention, select_dtype
-
-__all__ = ["LoadedModel", "load_model", "select_attention", "select_dtype"]
+Import from the modules (``crashchat.models.loading``, ``.checkpoint``, ``.metadata``): the
+package itself imports nothing, so reading a checkpoint's metadata (the Serve router, the
+preprocessing driver) does not pull in torch and transformers (about 6 s per process here).
+"""

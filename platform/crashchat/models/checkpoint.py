@@ -26,10 +26,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crashchat.models.loading import LoadedModel, load_model
 from crashchat.models.metadata import write_model_meta
+
+if TYPE_CHECKING:
+    from crashchat.models.loading import LoadedModel
 
 FORMAT_VERSION = 1
 META_FILE = "crashchat_checkpoint.json"
@@ -258,6 +260,8 @@ def load_checkpoint(
     from safetensors.torch import load_file
     from transformers import AutoProcessor
 
+    from crashchat.models.loading import LoadedModel, load_model
+
     root = Path(path)
     meta = verify_checkpoint(root)
     base = str(base_model or meta["base_model"])
@@ -308,6 +312,8 @@ def load_model_or_checkpoint(
     model: str | Path, dtype: str = "auto", attention: str = "auto"
 ) -> LoadedModel:
     """A platform checkpoint (verified, adapter merged) or a native base model folder."""
+    from crashchat.models.loading import load_model
+
     if is_checkpoint(model):
         return load_checkpoint(model, dtype=dtype, attention=attention)
     return load_model(model, dtype=dtype, attention=attention)

@@ -31,8 +31,7 @@ from crashchat.serving.catalog import (
 )
 from crashchat.serving.clip_inputs import ClipInputs
 from crashchat.serving.cpu_priority import apply_niceness
-from crashchat.serving.deployments import Answer, Failure
-from crashchat.serving.generation import Question
+from crashchat.serving.messages import Answer, Failure, Question
 from crashchat.serving.requests import (
     RequestError,
     VideoSource,

@@ -13,7 +13,6 @@ import dataclasses
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +22,9 @@ from crashchat.config import ServeConfig
 from crashchat.serving.batching import GreedyBatcher
 from crashchat.serving.clip_inputs import ClipInputs, build_clip_inputs
 from crashchat.serving.cpu_priority import apply_niceness
-from crashchat.serving.generation import AdapterBank, BatchGenerator, Question
+from crashchat.serving.generation import AdapterBank, BatchGenerator
+from crashchat.serving.messages import Answer, Failure, Question
 from crashchat.video.decode import decode_spec
-
-
-@dataclass
-class Failure:
-    """A request-caused failure: HTTP status and what went wrong."""
-
-    status: int
-    detail: str
-
-
-@dataclass
-class Answer:
-    """A model's answer to one question."""
-
-    response: str
-    model_ms: float
-    batch_size: int
-    error: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = "stop"
 
 
 class Decoder:

@@ -17,24 +17,9 @@ from typing import Any
 import torch
 
 from crashchat.data.tasks import AnswerKind, get_task
-from crashchat.serving.clip_inputs import ClipInputs, concat_pixels
-from crashchat.serving.openai_api import Generation
+from crashchat.serving.clip_inputs import concat_pixels
+from crashchat.serving.messages import Question
 from crashchat.video.model_inputs import InputBuilder
-
-
-@dataclass
-class Question:
-    """One task (or, with ``task`` None, a free-form question) asked about one clip."""
-
-    clip: ClipInputs
-    task: str | None
-    prompt: str
-    ids: list[int] | None = None  # prompt token ids, once tokenized on the replica
-    generation: Generation | None = None  # per-request settings (OpenAI API); None: greedy
-
-    def batch_key(self) -> tuple[Any, ...]:
-        """Questions answered in one ``generate`` call must agree on this."""
-        return self.generation.key() if self.generation else ()
 
 
 @dataclass

@@ -279,7 +279,7 @@ def stop_foreground(state: ServeState, timeout_s: float) -> str:
             return "stopped"
     if not state.started_ray:  # never kill a cluster we only joined
         return "abandoned"
-    stop_head(state.address, timeout_s=5.0)
+    stop_head(state.address)
     return "killed"
 
 

@@ -11,11 +11,14 @@ are an affine map of 8-bit pixels, undone on write and redone on read (:class:`P
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from transformers.video_utils import VideoMetadata
+
+# torch and transformers are imported where tensors are made: the Serve router unpickles the
+# VideoInputs the decoder sends and should not spend about 4 s (and 300 MB) importing them.
+if TYPE_CHECKING:
+    import torch
 
 IGNORE_INDEX = -100
 
@@ -42,6 +45,8 @@ class PixelNorm:
         )
 
     def _columns(self) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         per_channel = self.temporal_patch_size * self.patch_size * self.patch_size
         mean = torch.tensor(self.mean, dtype=torch.float32).repeat_interleave(per_channel)
         std = torch.tensor(self.std, dtype=torch.float32).repeat_interleave(per_channel)
@@ -49,12 +54,16 @@ class PixelNorm:
 
     def to_uint8(self, pixel_values: torch.Tensor) -> np.ndarray:
         """Normalised patches -> the uint8 pixels they came from."""
+        import torch
+
         mean, std = self._columns()
         raw = (pixel_values.float() * std + mean) / self.rescale_factor
         return raw.round().clamp(0, 255).to(torch.uint8).numpy()
 
     def to_float(self, pixels: np.ndarray) -> torch.Tensor:
         """uint8 patches -> normalised floats, as the processor computes them."""
+        import torch
+
         mean, std = self._columns()
         return (torch.from_numpy(pixels.astype(np.float32)) * self.rescale_factor - mean) / std
 
@@ -104,6 +113,8 @@ class InputBuilder:
         self, frames: np.ndarray, indices: list[int], source_fps: float, source_frames: int
     ) -> VideoInputs:
         """Run the video processor on decoded frames (already at the target size)."""
+        from transformers.video_utils import VideoMetadata
+
         meta = VideoMetadata(
             total_num_frames=source_frames,
             fps=source_fps,
@@ -198,6 +209,8 @@ def to_model_inputs(
     labels: list[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Tensors for one sample, batch of one, as ``VideoLlama3ForConditionalGeneration`` takes them."""
+    import torch
+
     inputs = {
         "input_ids": torch.tensor([input_ids], dtype=torch.long),
         "attention_mask": torch.ones((1, len(input_ids)), dtype=torch.long),
