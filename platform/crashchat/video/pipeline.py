@@ -297,9 +297,8 @@ def _run_workers(
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
-    ds = ray.data.from_items(
-        clips, override_num_blocks=max(1, -(-len(clips) // cfg.clips_per_batch))
-    ).map_batches(
+    batches = max(1, -(-len(clips) // cfg.clips_per_batch))
+    ds = ray.data.from_items(clips, override_num_blocks=batches).map_batches(
         ClipWorker,
         fn_constructor_kwargs={
             "model": model,
@@ -311,7 +310,8 @@ def _run_workers(
         },
         batch_size=cfg.clips_per_batch,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, len(clips))),
+        # A worker more than there are batches would start (and import torch) for nothing.
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, batches)),
         num_cpus=cfg.worker_num_cpus,
         **opts,
     )
