@@ -197,6 +197,9 @@ def bulk_under_kills(
     items, bad = batch_items(data, n, work / "bad")
     url = serve_up(ckpts, roots, ingress, state, ["limits.request_timeout_s=30"])
     try:
+        # Memory is measured from warm replicas: a model replica's first requests allocate its
+        # working buffers (about 100 MB for the tiny model), which is not growth over a run.
+        list(send_batch(url, items[:2], timeout_s=300, retries=2))
         rss_start = replica_rss()
         chaos = Chaos(every_s, seconds)
         started = time.monotonic()
