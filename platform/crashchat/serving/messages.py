@@ -1,7 +1,8 @@
 """What the router, the decoder and the model replicas send each other.
 
-Kept free of torch and transformers: the router only passes these along, and importing either
-would cost its replica about 4 s and 300 MB at every start (and every restart after a crash).
+Kept free of torch and transformers: the router only passes these along, and importing them
+cost its replica about 7 s and 730 MB (measured: the router module imports in 1.9 s instead of
+9.2 s; a router replica holds 231 MB instead of about 960) at every start and every restart.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 # torch and transformers are imported where tensors are made: the Serve router unpickles the
-# VideoInputs the decoder sends and should not spend about 4 s (and 300 MB) importing them.
+# VideoInputs the decoder sends and must not import them (see crashchat.serving.messages).
 if TYPE_CHECKING:
     import torch
 
