@@ -66,6 +66,17 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _serve_haproxies() -> list[int]:
+    """HAProxy processes running Ray Serve's config (another haproxy on the machine, or the
+    fake one a unit test starts, is not Serve's)."""
+    return [
+        p.pid
+        for p in psutil.process_iter(["name", "cmdline"])
+        if "haproxy" in (p.info["name"] or "")
+        and "haproxy-serve" in " ".join(p.info["cmdline"] or [])
+    ]
+
+
 def _listener(port: int) -> psutil.Process:
     """The process listening on ``port``; asserts it listens on loopback only."""
     found = [
@@ -166,7 +177,7 @@ def test_detached_serve_outlives_its_command_until_down(
         assert not state.exists()
         assert head_processes(address) == []
         assert not _port_open(port)
-        assert not [p for p in psutil.process_iter(["name"]) if "haproxy" in (p.info["name"] or "")]
+        assert not _serve_haproxies()
         # Forgotten as the machine's current cluster, so a later ray.init() starts afresh.
         current = Path("/tmp/ray/ray_current_cluster")
         assert not current.exists() or current.read_text().strip() != address

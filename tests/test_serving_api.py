@@ -24,7 +24,7 @@ from ray import serve
 
 from conftest import REAL_CLIPS, needs_shared, start_local_ray
 from crashchat.config import AutoscalingSettings, ReplicaSettings, ServeConfig, load_config
-from crashchat.local_cluster import free_port
+from crashchat.local_cluster import free_port, head_processes
 from crashchat.serving.builder import build_application
 from crashchat.serving.catalog import build_catalog_from_dir
 from helpers import make_checkpoints
@@ -39,12 +39,17 @@ pytestmark = pytest.mark.timeout(900)
 
 
 def replica_pids(deployment: str, app: str = APP) -> set[int]:
-    """PIDs of the live replicas of ``deployment`` (Ray titles actor processes by class)."""
+    """PIDs of the live replicas of ``deployment`` (Ray titles actor processes by class).
+
+    Only this module's Ray counts: another Ray on the machine (a demo left serving with
+    ``DEMO_KEEP_SERVING=1``, a second test run) may serve an app of the same name.
+    """
     title = f"ServeReplica:{app}:{deployment}"
+    ours = set(head_processes(ray.get_runtime_context().gcs_address))
     pids = set()
     for proc in psutil.process_iter(["cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        if title in cmd and "defunct" not in cmd:
+        if title in cmd and "defunct" not in cmd and proc.pid in ours:
             pids.add(proc.pid)
     return pids
 

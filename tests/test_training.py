@@ -25,6 +25,7 @@ from conftest import start_local_ray
 from crashchat.config import EvalConfig, PreprocessConfig, TrainConfig, load_config
 from crashchat.data.tasks import get_mixture
 from crashchat.evaluation.runner import EvalInputs, run_evaluation
+from crashchat.local_cluster import head_processes
 from crashchat.models.checkpoint import load_checkpoint, verify_checkpoint
 from crashchat.training.runner import ResourceError, TrainInputs, check_resources, run_training
 from crashchat.video.pipeline import PreprocessInputs, run_preprocess
@@ -255,10 +256,13 @@ def _registered_checkpoints(storage: Path) -> int:
 
 
 def _train_workers() -> list[psutil.Process]:
+    """This module's Ray Train workers: the test SIGKILLs one, never another Ray's (a user's
+    training run on the same machine)."""
+    ours = set(head_processes(ray.get_runtime_context().gcs_address))
     found = []
     for proc in psutil.process_iter(["cmdline", "name"]):
         text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
-        if "RayTrainWorker" in text:
+        if "RayTrainWorker" in text and proc.pid in ours:
             found.append(proc)
     return found
 
