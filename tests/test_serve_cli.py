@@ -17,6 +17,7 @@ import requests
 from typer.testing import CliRunner, Result
 
 from crashchat.local_cluster import free_port, head_processes
+from crashchat.serving.lifecycle import serve_haproxies
 from helpers import make_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,17 +65,6 @@ def _analyze(url: str, clip: Path) -> dict:  # type: ignore[type-arg]
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _serve_haproxies() -> list[int]:
-    """HAProxy processes running Ray Serve's config (another haproxy on the machine, or the
-    fake one a unit test starts, is not Serve's)."""
-    return [
-        p.pid
-        for p in psutil.process_iter(["name", "cmdline"])
-        if "haproxy" in (p.info["name"] or "")
-        and "haproxy-serve" in " ".join(p.info["cmdline"] or [])
-    ]
 
 
 def _listener(port: int) -> psutil.Process:
@@ -177,7 +167,7 @@ def test_detached_serve_outlives_its_command_until_down(
         assert not state.exists()
         assert head_processes(address) == []
         assert not _port_open(port)
-        assert not _serve_haproxies()
+        assert serve_haproxies() == {}  # Serve's own; a unit test runs a fake haproxy
         # Forgotten as the machine's current cluster, so a later ray.init() starts afresh.
         current = Path("/tmp/ray/ray_current_cluster")
         assert not current.exists() or current.read_text().strip() != address

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import ray
 import requests
@@ -24,7 +23,7 @@ from ray import serve
 
 from conftest import REAL_CLIPS, needs_shared, start_local_ray
 from crashchat.config import AutoscalingSettings, ReplicaSettings, ServeConfig, load_config
-from crashchat.local_cluster import free_port, head_processes
+from crashchat.local_cluster import cluster_processes, free_port
 from crashchat.serving.builder import build_application
 from crashchat.serving.catalog import build_catalog_from_dir
 from helpers import make_checkpoints
@@ -45,13 +44,8 @@ def replica_pids(deployment: str, app: str = APP) -> set[int]:
     ``DEMO_KEEP_SERVING=1``, a second test run) may serve an app of the same name.
     """
     title = f"ServeReplica:{app}:{deployment}"
-    ours = set(head_processes(ray.get_runtime_context().gcs_address))
-    pids = set()
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if title in cmd and "defunct" not in cmd and proc.pid in ours:
-            pids.add(proc.pid)
-    return pids
+    ours = cluster_processes(ray.get_runtime_context().gcs_address)
+    return {pid for pid, cmd in ours.items() if title in cmd and "defunct" not in cmd}
 
 
 def running_replicas(deployment: str, app: str = APP) -> int:

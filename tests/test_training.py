@@ -6,6 +6,7 @@ and a tracking server that dies mid-run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ from conftest import start_local_ray
 from crashchat.config import EvalConfig, PreprocessConfig, TrainConfig, load_config
 from crashchat.data.tasks import get_mixture
 from crashchat.evaluation.runner import EvalInputs, run_evaluation
-from crashchat.local_cluster import head_processes
+from crashchat.local_cluster import cluster_processes
 from crashchat.models.checkpoint import load_checkpoint, verify_checkpoint
 from crashchat.training.runner import ResourceError, TrainInputs, check_resources, run_training
 from crashchat.video.pipeline import PreprocessInputs, run_preprocess
@@ -258,12 +259,11 @@ def _registered_checkpoints(storage: Path) -> int:
 def _train_workers() -> list[psutil.Process]:
     """This module's Ray Train workers: the test SIGKILLs one, never another Ray's (a user's
     training run on the same machine)."""
-    ours = set(head_processes(ray.get_runtime_context().gcs_address))
     found = []
-    for proc in psutil.process_iter(["cmdline", "name"]):
-        text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
-        if "RayTrainWorker" in text and proc.pid in ours:
-            found.append(proc)
+    for pid, cmd in cluster_processes(ray.get_runtime_context().gcs_address).items():
+        if "RayTrainWorker" in cmd:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found.append(psutil.Process(pid))
     return found
 
 

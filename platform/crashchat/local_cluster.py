@@ -155,11 +155,13 @@ def _processes() -> dict[int, tuple[int, str]]:
     return out
 
 
-def head_processes(address: str) -> list[int]:
-    """PIDs of the Ray processes of the local cluster at ``address``.
+def cluster_processes(address: str) -> dict[int, str]:
+    """pid -> command line of the Ray processes of the local cluster at ``address``.
 
     The GCS, raylets and workers name the GCS port on their command lines; the agents a raylet
     starts rename themselves (``ray::DashboardAgent``), so descendants of matches count too.
+    Workers' command lines are Ray's process titles (``ray::ServeReplica:app:deployment``,
+    ``ray::RayTrainWorker``), which tell one cluster's actors from another's of the same name.
     """
     port = re.escape(address.rsplit(":", 1)[-1])
     mark = re.compile(rf"(:|--gcs_server_port=|--port=){port}(?!\d)")
@@ -172,7 +174,12 @@ def head_processes(address: str) -> list[int]:
         kids.discard(os.getpid())
         grew = bool(kids)
         found |= kids
-    return sorted(found)
+    return {pid: procs[pid][1] for pid in sorted(found)}
+
+
+def head_processes(address: str) -> list[int]:
+    """PIDs of the Ray processes of the local cluster at ``address`` (:func:`cluster_processes`)."""
+    return list(cluster_processes(address))
 
 
 def stop_head(address: str, timeout_s: float = 3.0) -> None:

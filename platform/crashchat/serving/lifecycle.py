@@ -66,13 +66,11 @@ def check_ingress(cfg: ServeConfig) -> None:
         )
 
 
-def orphan_haproxies(config_path: str | None = None) -> list[int]:
-    """PIDs of HAProxy processes Ray Serve started whose Ray is gone.
+def serve_haproxies(config_path: str | None = None) -> dict[int, int]:
+    """pid -> parent pid of the HAProxy processes running Ray Serve's config.
 
-    Ray's HAProxy ingress runs ``haproxy -f <config>`` as a child of a Serve actor. When that
-    actor is killed outright (SIGKILL, a lost node) the HAProxy lives on, still holding the HTTP
-    port and its stats (8404) and exporter (9101) ports, and the next endpoint cannot start. Its
-    parent is then init (or not a Ray process at all).
+    Ray's HAProxy ingress runs ``haproxy -f <config>`` as a child of a Serve actor; any other
+    haproxy on the machine (another config) is not Serve's.
 
     Args:
         config_path: The HAProxy config Serve writes (``RAY_SERVE_HAPROXY_CONFIG_FILE_LOC``).
@@ -82,20 +80,37 @@ def orphan_haproxies(config_path: str | None = None) -> list[int]:
     config_path = config_path or os.environ.get(
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "/tmp/haproxy-serve/haproxy.cfg"
     )
-    found = []
+    found = {}
     for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
         cmd = proc.info["cmdline"] or []
         if not any("haproxy" in Path(c).name for c in cmd[:2]):
             continue
-        if config_path not in [b for a, b in itertools.pairwise(cmd) if a == "-f"]:
-            continue
+        if config_path in [b for a, b in itertools.pairwise(cmd) if a == "-f"]:
+            found[proc.info["pid"]] = proc.info["ppid"]
+    return found
+
+
+def orphan_haproxies(config_path: str | None = None) -> list[int]:
+    """PIDs of HAProxy processes Ray Serve started whose Ray is gone.
+
+    When the Serve actor that started an HAProxy (:func:`serve_haproxies`) is killed outright
+    (SIGKILL, a lost node) the HAProxy lives on, still holding the HTTP port and its stats
+    (8404) and exporter (9101) ports, and the next endpoint cannot start. Its parent is then
+    init (or not a Ray process at all).
+
+    Args:
+        config_path: The HAProxy config Serve writes (``RAY_SERVE_HAPROXY_CONFIG_FILE_LOC``).
+    """
+    import psutil
+
+    found = []
+    for pid, ppid in serve_haproxies(config_path).items():
         try:
-            parent = psutil.Process(proc.info["ppid"]) if proc.info["ppid"] > 1 else None
-            parent_cmd = " ".join(parent.cmdline()) if parent else ""
+            parent_cmd = " ".join(psutil.Process(ppid).cmdline()) if ppid > 1 else ""
         except psutil.Error:
             parent_cmd = ""
         if "ray" not in parent_cmd:
-            found.append(proc.info["pid"])
+            found.append(pid)
     return sorted(found)
 
 
