@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -226,11 +227,17 @@ def test_orphaned_haproxy_is_found_and_stopped_but_a_living_one_is_not(tmp_path:
 
     import psutil
 
-    from crashchat.serving.lifecycle import orphan_haproxies, reap_orphan_haproxies
+    from crashchat.serving.lifecycle import (
+        orphan_haproxies,
+        reap_orphan_haproxies,
+        serve_haproxies,
+    )
 
     cfg = str(tmp_path / "haproxy.cfg")
     fake = tmp_path / "haproxy"  # stands in for the binary: same name, same arguments
-    fake.write_text("#!/bin/sh\nsleep 120\n")
+    # Its subshell is a child with the same command line, as a worker HAProxy forks (and as any
+    # fork is until it execs): part of its parent, never an orphan of its own.
+    fake.write_text("#!/bin/sh\n( sleep 120; : ); :\n")
     fake.chmod(0o755)
     # Started by a process that then exits: re-parented to init, as when Ray's actor is killed.
     subprocess.run(["sh", "-c", f"{fake} -db -f {cfg} >/dev/null 2>&1 &"], check=True)
@@ -238,9 +245,11 @@ def test_orphaned_haproxy_is_found_and_stopped_but_a_living_one_is_not(tmp_path:
     # stays: run it under a shell whose command line names ray.
     living = subprocess.Popen(["sh", "-c", f"{fake} -db -f {cfg}; : ray"])
     try:
+        # Both fakes and their subshells up: the orphan, and the living one (its shell's child).
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not orphan_haproxies(cfg):
+        while time.monotonic() < deadline and len(serve_haproxies(cfg)) < 4:
             time.sleep(0.1)
+        assert len(serve_haproxies(cfg)) == 4
         orphans = orphan_haproxies(cfg)
         assert len(orphans) == 1
         assert psutil.Process(orphans[0]).ppid() != living.pid
@@ -252,8 +261,14 @@ def test_orphaned_haproxy_is_found_and_stopped_but_a_living_one_is_not(tmp_path:
             "haproxy" in " ".join(c.cmdline()) for c in psutil.Process(living.pid).children()
         )
     finally:
-        for child in psutil.Process(living.pid).children(recursive=True):
-            child.kill()
+        # The living one's tree, and whatever a failed reap left.
+        procs = psutil.Process(living.pid).children(recursive=True)
+        for pid in serve_haproxies(cfg):
+            with contextlib.suppress(psutil.Error):
+                procs += [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
         living.kill()
         living.wait()
 

@@ -96,7 +96,8 @@ def orphan_haproxies(config_path: str | None = None) -> list[int]:
     When the Serve actor that started an HAProxy (:func:`serve_haproxies`) is killed outright
     (SIGKILL, a lost node) the HAProxy lives on, still holding the HTTP port and its stats
     (8404) and exporter (9101) ports, and the next endpoint cannot start. Its parent is then
-    init (or not a Ray process at all).
+    init (or not a Ray process at all). A child of one of them (a worker HAProxy forks, or a
+    fork not yet exec'd) is not an orphan of its own: stopping its parent stops it.
 
     Args:
         config_path: The HAProxy config Serve writes (``RAY_SERVE_HAPROXY_CONFIG_FILE_LOC``).
@@ -104,7 +105,10 @@ def orphan_haproxies(config_path: str | None = None) -> list[int]:
     import psutil
 
     found = []
-    for pid, ppid in serve_haproxies(config_path).items():
+    haproxies = serve_haproxies(config_path)
+    for pid, ppid in haproxies.items():
+        if ppid in haproxies:
+            continue
         try:
             parent_cmd = " ".join(psutil.Process(ppid).cmdline()) if ppid > 1 else ""
         except psutil.Error:
@@ -115,21 +119,32 @@ def orphan_haproxies(config_path: str | None = None) -> list[int]:
 
 
 def reap_orphan_haproxies(config_path: str | None = None) -> list[int]:
-    """Terminate :func:`orphan_haproxies` (SIGTERM, then SIGKILL after 5 s); returns their PIDs."""
+    """Terminate :func:`orphan_haproxies` and what they forked (SIGTERM, then SIGKILL after 5 s).
+
+    Returns:
+        The PIDs of the orphans (not of their children).
+    """
     import psutil
 
-    procs = []
+    orphans, procs = [], []
     for pid in orphan_haproxies(config_path):
         try:
-            procs.append(psutil.Process(pid))
-            procs[-1].terminate()
+            proc = psutil.Process(pid)
+            # Children first: an HAProxy stopped on its own stops its workers, but a killed
+            # one (or any other parent) leaves them holding the ports.
+            tree = [*proc.children(recursive=True), proc]
         except psutil.Error:
-            pass
+            continue
+        orphans.append(pid)
+        for p in tree:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        procs += tree
     _gone, alive = psutil.wait_procs(procs, timeout=5)
     for p in alive:
         with contextlib.suppress(psutil.Error):
             p.kill()
-    return [p.pid for p in procs]
+    return orphans
 
 
 def deploy(catalog: Catalog, cfg: ServeConfig) -> str:
