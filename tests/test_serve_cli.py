@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -134,6 +135,8 @@ def test_detached_serve_outlives_its_command_until_down(
 ) -> None:
     port = free_port()
     state = tmp_path / "state.json"
+    spools = lambda: set(Path(tempfile.gettempdir()).glob("crashchat-uploads-*"))  # noqa: E731
+    before = spools()
     up = subprocess.run(
         [
             *_up_args(checkpoints, synth_dir, port),
@@ -168,6 +171,7 @@ def test_detached_serve_outlives_its_command_until_down(
         assert head_processes(address) == []
         assert not _port_open(port)
         assert serve_haproxies() == {}  # Serve's own; a unit test runs a fake haproxy
+        assert spools() - before == set(), "the decoder's upload folder outlived it"
         # Forgotten as the machine's current cluster, so a later ray.init() starts afresh.
         current = Path("/tmp/ray/ray_current_cluster")
         assert not current.exists() or current.read_text().strip() != address

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -114,13 +115,16 @@ def trained(train_data: Path, tiny_model_dir: Path, tmp_path_factory):  # type: 
     cfg = _cfg(tmp, uri, max_steps=6, eval_every=3, save_every=3)
     cfg.tracking.system_metrics_interval_s = 1.0
     cfg.schedule.num_checkpoints_to_keep = 1  # the best step's weights must survive anyway
+    scratch = lambda: set(Path(tempfile.gettempdir()).glob("crashchat-*"))  # noqa: E731
+    before = scratch()
     results, note = run_training(cfg, _inputs(train_data, tiny_model_dir, tmp / "out"))
-    return results, note, uri, tmp / "out"
+    return results, note, uri, tmp / "out", scratch() - before
 
 
 @pytest.mark.timeout(600)
 def test_train_one_mixture_end_to_end(trained, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    results, note, uri, out = trained
+    results, note, uri, out, left = trained
+    assert left == set(), f"the workers left their scratch behind: {left}"
     assert note is None
     (res,) = results
     assert res.error is None, res.error
@@ -164,7 +168,7 @@ def test_training_runs_record_their_data_code_and_machine(trained, train_data: P
     from crashchat.tracking.lineage import dataset_digest
     from crashchat.video.samples import load_manifest
 
-    results, _, uri, _ = trained
+    results, _, uri, _, _ = trained
     (res,) = results
     client = MlflowClient(uri, registry_uri=uri)
     run = client.get_run(res.run_id)
@@ -191,7 +195,7 @@ def test_training_runs_record_their_data_code_and_machine(trained, train_data: P
 def test_evaluate_checkpoint_registry_alias_and_baseline(  # type: ignore[no-untyped-def]
     trained, train_data: Path, tiny_model_dir: Path, synth_dir: Path, tmp_path: Path
 ) -> None:
-    results, _, uri, _ = trained
+    results, _, uri, _, _ = trained
     (res,) = results
     cfg = EvalConfig(split="test", max_new_tokens=8, max_new_tokens_text=8)
     cfg.tracking.uri = uri

@@ -57,7 +57,14 @@ class Decoder:
             max_retries=0,
             scheduling_strategy=strategy,
         )
-        self.spool = Path(tempfile.mkdtemp(prefix="crashchat-uploads-"))
+        # Uploads are written here for the decoder to read by path; each is removed after its
+        # request, and the folder with the replica (Serve calls __del__ on shutdown).
+        self._spool = tempfile.TemporaryDirectory(prefix="crashchat-uploads-")
+        self.spool = Path(self._spool.name)
+
+    def __del__(self) -> None:
+        if hasattr(self, "_spool"):  # not when __init__ failed before it
+            self._spool.cleanup()
 
     async def decode(self, group: str, source: dict[str, Any]) -> ClipInputs | Failure:
         """Clip inputs for ``source`` (``{"data": bytes, "filename"}`` or ``{"path"}``)."""

@@ -246,8 +246,10 @@ class Worker:
         self.val_shard = env.shard("val")
         self.state = TrainState(tracking=spec.tracking)
         # Rank 0 keeps the best step's export here and puts a copy in every later checkpoint,
-        # so keeping only the newest checkpoints never loses the best one.
-        self.best_dir = Path(tempfile.mkdtemp(prefix="crashchat-best-"))
+        # so keeping only the newest checkpoints never loses the best one. Scratch of this
+        # worker only (a 7B's trainables are large): removed by close().
+        self._scratch = tempfile.TemporaryDirectory(prefix="crashchat-best-")
+        self.best_dir = Path(self._scratch.name)
         self._resume(env)
         self.tracker = self._build_tracker()
         self.monitor = self._start_system_metrics()
@@ -516,6 +518,10 @@ class Worker:
         if self.tracker is not None and not final:
             self.tracker.flush()
 
+    def close(self) -> None:
+        """Remove this worker's scratch (the kept best export); the checkpoints hold their copies."""
+        self._scratch.cleanup()
+
     def _keep_best(self, export: Path, root: Path) -> None:
         """Refresh the kept best export when this step is the best; else copy it in as ``best/``."""
         best = self.state.best_step
@@ -559,4 +565,8 @@ def best_export(checkpoint: Path) -> tuple[Path, TrainState]:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point (``TorchTrainer(train_loop_per_worker, train_loop_config=...)``)."""
-    Worker(RunSpec(**config)).run()
+    worker = Worker(RunSpec(**config))
+    try:
+        worker.run()
+    finally:
+        worker.close()
