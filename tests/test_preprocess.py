@@ -256,7 +256,16 @@ def test_cli_strict_mode_exits_non_zero_listing_failures(
     assert lenient.exit_code == 0, lenient.output[-2000:]
     summary = json.loads(lenient.stdout)
     assert summary["samples"] == 0 and summary["failures"] == len(BAD) + 1
-    strict = CliRunner().invoke(app, [*base, "--strict"])
+    # Strict mode over one bad clip that fails its probe: the same exit, without a decoder crash
+    # (and the restart of its processor) a second time.
+    only_zero = tmp_path / "zero"
+    only_zero.mkdir()
+    write_annotation_file(
+        only_zero / "crashchat_zero_crash_recognition_test.json",
+        [make_record("videos/zero.mp4", PROMPTS["crash_recognition"], "Yes", "BAD")],
+    )
+    strict_args = [*base[:1], "--annotations", str(only_zero), *base[3:], "--strict"]
+    strict = CliRunner().invoke(app, strict_args)
     assert strict.exit_code == 1
     assert "strict mode" in strict.stderr and "zero.mp4" in strict.stderr
 

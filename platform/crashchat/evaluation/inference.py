@@ -128,6 +128,8 @@ def run_inference(
 ) -> list[dict[str, Any]]:
     """Answers for every row of ``dataset`` (a Ray dataset of record rows; the actors read
     the clips from ``data_dir``)."""
+    import ray.data
+
     answered = dataset.map_batches(
         Generator,
         fn_constructor_kwargs={
@@ -142,7 +144,7 @@ def run_inference(
         },
         batch_size=batch_size,
         batch_format="pyarrow",
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=worker_num_cpus,
         num_gpus=worker_num_gpus or None,
     )
