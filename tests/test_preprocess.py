@@ -339,11 +339,14 @@ def test_joined_rows_hold_the_tensors_direct_processing_gives(
     """Every record's joined row: the same pixels, grid, mask, ids and labels as decoding and
     processing its clip directly (what schema version 1 stored with every record)."""
     from crashchat.models.loading import load_model
+    from crashchat.video.clip_processing import tokenizing_builder
     from crashchat.video.decode import DecodeSpec, decode_clip
     from crashchat.video.model_inputs import InputBuilder
     from crashchat.video.samples import pack_pixels, unpack_pixels
 
     out, _ = preprocessed
+    # The workers tokenized with the tokenizer alone; the ids below come from the processor.
+    assert tokenizing_builder(str(tiny_model_dir)).processor is None
     builder = InputBuilder(load_model(tiny_model_dir).processor)
     rows = read_samples_table(out).to_pylist()
     direct: dict[str, Any] = {}
@@ -427,3 +430,28 @@ def test_stored_pixels_are_pixel_major_and_round_trip() -> None:
     assert back.flags.c_contiguous and (back == patches).all()
     with pytest.raises(ValueError, match="not 3 equal channel planes"):
         pack_pixels(patches[:, :11])
+
+
+def test_a_layout_the_tokenizer_alone_cannot_render_gets_the_whole_processor(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from crashchat.video.clip_processing import input_builder, tokenizing_builder
+    from crashchat.video.model_inputs import VideoInputs, placeholder_text
+
+    legacy = tmp_path / "legacy"  # the template in the old chat_template.json, as older exports
+    shutil.copytree(tiny_model_dir, legacy)
+    template = (legacy / "chat_template.jinja").read_text()
+    (legacy / "chat_template.jinja").unlink()
+    (legacy / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    builder = tokenizing_builder(str(legacy))
+    assert builder.processor is not None
+    fast = tokenizing_builder(str(tiny_model_dir))
+    assert fast.processor is None
+    full = input_builder(str(tiny_model_dir))
+    video = VideoInputs(None, [2, 4, 4], 1, [True] * 32, placeholder_text(
+        full.video_token, [0.0, 0.5], [3, 3]), [3, 3])  # fmt: skip
+    for prompt in PROMPTS.values():
+        assert fast.tokens(video, prompt, "Yes") == full.tokens(video, prompt, "Yes")
+        assert builder.tokens(video, prompt, "Yes") == full.tokens(video, prompt, "Yes")

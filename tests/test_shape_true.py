@@ -30,8 +30,14 @@ from crashchat.data.tasks import get_mixture
 from crashchat.models.checkpoint import load_checkpoint, verify_checkpoint
 from crashchat.planning.resource_plan import build_plan
 from crashchat.training.runner import TrainInputs, run_training
+from crashchat.video.clip_processing import input_builder, tokenizing_builder
 from crashchat.video.pipeline import PreprocessInputs, run_preprocess
-from crashchat.video.samples import load_manifest, read_samples_table, row_to_model_inputs
+from crashchat.video.samples import (
+    load_manifest,
+    read_clip_meta,
+    read_samples_table,
+    row_to_model_inputs,
+)
 from upstream_fixture import seven_b_widths, write_upstream_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,6 +111,14 @@ def test_7b_widths_import_preprocess_train_and_generate(tmp_path: Path) -> None:
         assert result.failures == [] and result.samples == 9
         cfg = _train_config(tmp_path)
         rows = read_samples_table(data).to_pylist()
+        # The data workers tokenized with the tokenizer alone (the imported layout allows it):
+        # the same ids and labels the whole processor gives.
+        assert tokenizing_builder(str(native)).processor is None
+        full = input_builder(str(native))
+        for row in rows:
+            video = full.video_from_meta(read_clip_meta(data, row["clip_key"]))
+            ids, labels = full.tokens(video, row["prompt"], row["answer"])
+            assert (row["input_ids"], row["labels"]) == (ids, labels), row["record_id"]
         for video, (width, height, seconds, _) in CLIPS.items():
             cfg.plan = cfg.plan.model_copy(
                 update={"clip_width": width, "clip_height": height, "clip_seconds": seconds,

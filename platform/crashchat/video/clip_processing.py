@@ -38,6 +38,43 @@ def input_builder(model: str) -> Any:
     return _BUILDERS[model]
 
 
+def tokenizing_builder(model: str) -> Any:
+    """An :class:`~crashchat.video.model_inputs.InputBuilder` that tokenizes only
+    (:meth:`~crashchat.video.model_inputs.InputBuilder.for_tokenizing`), loaded once per process.
+
+    What a data worker needs: it tokenizes records while its processor actors decode. Loads the
+    tokenizer alone (3.5 s of CPU against 7 s for the whole processor) when the model folder
+    holds a VideoLLaMA3 processor whose chat template is its ``chat_template.jinja`` (the layout
+    ``save_pretrained`` writes); anything else gets the full builder.
+    """
+    key = f"tokenizing:{model}"
+    if key not in _BUILDERS:
+        root = Path(model)
+        config = root / "processor_config.json"
+        plain = (
+            config.is_file()
+            and (root / "chat_template.jinja").is_file()
+            and not (root / "chat_template.json").exists()
+            and not (root / "additional_chat_templates").exists()
+        )
+        meta = json.loads(config.read_text()) if plain else {}
+        if meta.get("processor_class") != "VideoLlama3Processor" or "chat_template" in meta:
+            _BUILDERS[key] = input_builder(model)
+        else:
+            from transformers import AutoTokenizer
+
+            from crashchat.video.model_inputs import InputBuilder
+
+            tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+            # VideoLlama3Processor's own rule for its video token.
+            video_token = (
+                tokenizer.video_token if hasattr(tokenizer, "video_token") else "<|video_pad|>"
+            )
+            template = (root / "chat_template.jinja").read_text(encoding="utf-8")
+            _BUILDERS[key] = InputBuilder.for_tokenizing(tokenizer, template, video_token)
+    return _BUILDERS[key]
+
+
 def settings_key(spec: DecodeSpec, video_processor: Any) -> str:
     """Digest of everything that shapes a clip's stored row: sampling, sizing, the processor,
     the stored layout (a clip of another schema version is never reused)."""

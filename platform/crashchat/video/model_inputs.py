@@ -107,7 +107,23 @@ class InputBuilder:
         self.tokenizer = processor.tokenizer
         self.norm = PixelNorm.from_processor(processor.video_processor)
         self.video_token: str = processor.video_token
+        self.chat_template: str | None = None  # the processor's own
         self.eos: str = self.tokenizer.eos_token or "<|im_end|>"
+
+    @classmethod
+    def for_tokenizing(cls, tokenizer: Any, chat_template: str, video_token: str) -> InputBuilder:
+        """A builder that only tokenizes records against a clip's stored metadata
+        (:meth:`video_from_meta`, :meth:`tokens`): the processor's tokenizer, chat template and
+        video token without its image and video processors, whose imports (torchvision,
+        ``torch._dynamo``) double a process's start-up. :meth:`video` needs the full builder.
+        """
+        builder = cls.__new__(cls)
+        builder.processor = None
+        builder.tokenizer = tokenizer
+        builder.video_token = video_token
+        builder.chat_template = chat_template
+        builder.eos = tokenizer.eos_token or "<|im_end|>"
+        return builder
 
     def video(
         self, frames: np.ndarray, indices: list[int], source_fps: float, source_frames: int
@@ -171,7 +187,14 @@ class InputBuilder:
         messages = [
             {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}
         ]
-        return self.processor.apply_chat_template(
+        if self.processor is None:  # the same rendering, from the processor's template
+            return self.tokenizer.apply_chat_template(  # type: ignore[no-any-return]
+                messages,
+                chat_template=self.chat_template,
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        return self.processor.apply_chat_template(  # type: ignore[no-any-return]
             messages, tokenize=False, add_generation_prompt=True
         )
 

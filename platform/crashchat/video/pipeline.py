@@ -96,11 +96,11 @@ class ClipWorker:
         settings: str,
         actor_options: dict[str, Any],
     ) -> None:
-        from crashchat.video.clip_processing import ProcessorPool, input_builder
+        from crashchat.video.clip_processing import ProcessorPool, tokenizing_builder
 
         self.cfg = PreprocessConfig.model_validate(cfg_json)
         self.model, self.out, self.spec, self.settings = model, out, spec, settings
-        self.builder = input_builder(model)
+        self.builder = tokenizing_builder(model)
         self.pool = ProcessorPool(
             model,
             out,
