@@ -14,6 +14,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray waits 30 s for a new GCS to bind; on 2 busy cores right after a cluster test that was once
 # not enough (CI). A longer budget only matters when startup is slow.
 os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "90")
+# Ray Train's preemption watcher (an actor per training run, 2-3 s of CPU to start) polls for
+# nodes being drained, which never happens to the tests' local clusters.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 _EXIT_STATUS = pytest.StashKey[int]()
 
