@@ -6,7 +6,7 @@ On the same generated clips, in one run, at two frame budgets (the tiny model's 
 and the 7B processor's: HD clips, 96 frames at 10 fps, 10,240 visual tokens per clip with token
 compression, as ``jobs/configs/preprocess.yaml``), each clip named by 6 records. The clips carry
 a drifting grain (``SynthConfig.texture``): flat synthetic frames decode and compress far better
-than real footage (about 5 Mbit/s at 720p30 with it, 0.3 without).
+than real footage (5.5-7 Mbit/s at 720p30 with it).
 
   (a) naive: the upstream loop in one process: decode every frame with decord at full
       resolution, sample at 10 fps, resize, the video processor, tokenize the records; its
