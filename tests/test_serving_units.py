@@ -246,10 +246,12 @@ def test_orphaned_haproxy_is_found_and_stopped_but_a_living_one_is_not(tmp_path:
     living = subprocess.Popen(["sh", "-c", f"{fake} -db -f {cfg}; : ray"])
     try:
         # Both fakes and their subshells up: the orphan, and the living one (its shell's child).
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(serve_haproxies(cfg)) < 4:
+        # (A subshell's fork of sleep shares its command line until it execs: wait for exactly 4.)
+        deadline, found = time.monotonic() + 10, {}
+        while time.monotonic() < deadline and len(found) != 4:
             time.sleep(0.1)
-        assert len(serve_haproxies(cfg)) == 4
+            found = serve_haproxies(cfg)
+        assert len(found) == 4, found
         orphans = orphan_haproxies(cfg)
         assert len(orphans) == 1
         assert psutil.Process(orphans[0]).ppid() != living.pid
