@@ -115,7 +115,8 @@ def trained(train_data: Path, tiny_model_dir: Path, tmp_path_factory):  # type: 
     cfg = _cfg(tmp, uri, max_steps=6, eval_every=3, save_every=3)
     cfg.tracking.system_metrics_interval_s = 1.0
     cfg.schedule.num_checkpoints_to_keep = 1  # the best step's weights must survive anyway
-    scratch = lambda: set(Path(tempfile.gettempdir()).glob("crashchat-*"))  # noqa: E731
+    # The workers' scratch only: other crashchat folders may come and go on the machine.
+    scratch = lambda: set(Path(tempfile.gettempdir()).glob("crashchat-best-*"))  # noqa: E731
     before = scratch()
     results, note = run_training(cfg, _inputs(train_data, tiny_model_dir, tmp / "out"))
     return results, note, uri, tmp / "out", scratch() - before

@@ -59,7 +59,9 @@ class Decoder:
         )
         # Uploads are written here for the decoder to read by path; each is removed after its
         # request, and the folder with the replica (Serve calls __del__ on shutdown).
-        self._spool = tempfile.TemporaryDirectory(prefix="crashchat-uploads-")
+        self._spool = tempfile.TemporaryDirectory(
+            prefix="crashchat-uploads-", ignore_cleanup_errors=True
+        )
         self.spool = Path(self._spool.name)
 
     def __del__(self) -> None:

@@ -248,7 +248,9 @@ class Worker:
         # Rank 0 keeps the best step's export here and puts a copy in every later checkpoint,
         # so keeping only the newest checkpoints never loses the best one. Scratch of this
         # worker only (a 7B's trainables are large): removed by close().
-        self._scratch = tempfile.TemporaryDirectory(prefix="crashchat-best-")
+        self._scratch = tempfile.TemporaryDirectory(
+            prefix="crashchat-best-", ignore_cleanup_errors=True
+        )
         self.best_dir = Path(self._scratch.name)
         self._resume(env)
         self.tracker = self._build_tracker()
