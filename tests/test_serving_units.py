@@ -395,3 +395,27 @@ def test_niceness_that_cannot_be_set_is_a_reason_not_a_crash(
     assert reason == "could not set niceness -5: Permission denied"
     with pytest.raises(ValueError, match="niceness"):
         ServeConfig.model_validate({"model": {"niceness": 25}})
+
+
+def test_scratch_of_a_dead_owner_is_swept_and_a_living_ones_is_not(tmp_path: Path) -> None:
+    import subprocess
+
+    from crashchat.scratch import _namespace, make_scratch, sweep_scratch
+
+    dead = subprocess.Popen(["true"])  # a PID that has exited
+    dead.wait()
+    ns = _namespace()
+    gone = tmp_path / f"crashchat-best-{ns}-{dead.pid}-abc"
+    (gone / "adapter").mkdir(parents=True)
+    mine = tmp_path / f"crashchat-best-{ns}-{os.getpid()}-def"
+    mine.mkdir()
+    elsewhere = tmp_path / f"crashchat-best-{int(ns) + 1}-{dead.pid}-ghi"  # another namespace's
+    elsewhere.mkdir()
+    other_kind = tmp_path / f"crashchat-uploads-{ns}-{dead.pid}-jkl"
+    other_kind.mkdir()
+    assert sweep_scratch("best", tmp_path) == [gone]
+    assert not gone.exists() and mine.exists() and elsewhere.exists() and other_kind.exists()
+    scratch = make_scratch("best")
+    assert Path(scratch.name).name.startswith(f"crashchat-best-{ns}-{os.getpid()}-")
+    scratch.cleanup()
+    assert not Path(scratch.name).exists()

@@ -19,6 +19,7 @@ from typing import Any
 from ray import serve
 
 from crashchat.config import ServeConfig
+from crashchat.scratch import make_scratch
 from crashchat.serving.batching import GreedyBatcher
 from crashchat.serving.clip_inputs import ClipInputs, build_clip_inputs
 from crashchat.serving.cpu_priority import apply_niceness
@@ -58,10 +59,9 @@ class Decoder:
             scheduling_strategy=strategy,
         )
         # Uploads are written here for the decoder to read by path; each is removed after its
-        # request, and the folder with the replica (Serve calls __del__ on shutdown).
-        self._spool = tempfile.TemporaryDirectory(
-            prefix="crashchat-uploads-", ignore_cleanup_errors=True
-        )
+        # request, and the folder with the replica (Serve calls __del__ on shutdown; a killed
+        # replica's by the next decoder on the machine).
+        self._spool = make_scratch("uploads")
         self.spool = Path(self._spool.name)
 
     def __del__(self) -> None:

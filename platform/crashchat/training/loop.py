@@ -25,6 +25,7 @@ from crashchat.config import TrainConfig
 from crashchat.models.checkpoint import write_trainables
 from crashchat.models.loading import load_model
 from crashchat.models.lora import apply_lora, count_parameters, trainable_state
+from crashchat.scratch import make_scratch
 from crashchat.tracking import Tracker
 from crashchat.training.deepspeed_config import build_deepspeed_config
 from crashchat.training.rng_state import restore_rng_state, save_rng_state
@@ -247,10 +248,9 @@ class Worker:
         self.state = TrainState(tracking=spec.tracking)
         # Rank 0 keeps the best step's export here and puts a copy in every later checkpoint,
         # so keeping only the newest checkpoints never loses the best one. Scratch of this
-        # worker only (a 7B's trainables are large): removed by close().
-        self._scratch = tempfile.TemporaryDirectory(
-            prefix="crashchat-best-", ignore_cleanup_errors=True
-        )
+        # worker only (a 7B's trainables are large): removed by close(), or by the next worker
+        # on the machine when this one is killed.
+        self._scratch = make_scratch("best")
         self.best_dir = Path(self._scratch.name)
         self._resume(env)
         self.tracker = self._build_tracker()
