@@ -50,15 +50,7 @@ def tokenizing_builder(model: str) -> Any:
     key = f"tokenizing:{model}"
     if key not in _BUILDERS:
         root = Path(model)
-        config = root / "processor_config.json"
-        plain = (
-            config.is_file()
-            and (root / "chat_template.jinja").is_file()
-            and not (root / "chat_template.json").exists()
-            and not (root / "additional_chat_templates").exists()
-        )
-        meta = json.loads(config.read_text()) if plain else {}
-        if meta.get("processor_class") != "VideoLlama3Processor" or "chat_template" in meta:
+        if not _template_is_the_jinja_file(root):
             _BUILDERS[key] = input_builder(model)
         else:
             from transformers import AutoTokenizer
@@ -73,6 +65,18 @@ def tokenizing_builder(model: str) -> Any:
             template = (root / "chat_template.jinja").read_text(encoding="utf-8")
             _BUILDERS[key] = InputBuilder.for_tokenizing(tokenizer, template, video_token)
     return _BUILDERS[key]
+
+
+def _template_is_the_jinja_file(root: Path) -> bool:
+    """A VideoLLaMA3 processor whose only chat template is ``chat_template.jinja`` (no legacy
+    ``chat_template.json``, no template in its config, no additional templates)."""
+    config = root / "processor_config.json"
+    if not (config.is_file() and (root / "chat_template.jinja").is_file()):
+        return False
+    if (root / "chat_template.json").exists() or (root / "additional_chat_templates").exists():
+        return False
+    meta = json.loads(config.read_text())
+    return meta.get("processor_class") == "VideoLlama3Processor" and "chat_template" not in meta
 
 
 def settings_key(spec: DecodeSpec, video_processor: Any) -> str:
