@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from crashchat.config import EvalConfig
 from crashchat.data.tasks import AnswerKind, get_task
 from crashchat.video.model_inputs import IGNORE_INDEX
 
@@ -113,21 +114,17 @@ class Generator:
 
 
 def run_inference(
-    dataset: Any,
-    model: str,
-    pixel_norm: dict[str, Any],
-    workers: int = 1,
-    worker_num_cpus: float = 1.0,
-    worker_num_gpus: float = 0.0,
-    batch_size: int = 4,
-    max_new_tokens: int = 24,
-    max_new_tokens_text: int = 160,
-    dtype: str = "auto",
-    attention: str = "auto",
-    data_dir: str = "",
+    dataset: Any, model: str, pixel_norm: dict[str, Any], cfg: EvalConfig, data_dir: str
 ) -> list[dict[str, Any]]:
-    """Answers for every row of ``dataset`` (a Ray dataset of record rows; the actors read
-    the clips from ``data_dir``)."""
+    """Answers for every row of ``dataset`` (a Ray dataset of record rows).
+
+    Args:
+        dataset: The rows to answer (``read_samples`` of a preprocessed folder).
+        model: Model or platform checkpoint folder each actor loads once.
+        pixel_norm: The dataset's pixel normalisation (its manifest's ``pixel_norm``).
+        cfg: Actors, their resources, batch size, answer budgets, dtype and attention.
+        data_dir: The preprocessed folder the actors read the clips from.
+    """
     import ray.data
 
     answered = dataset.map_batches(
@@ -135,17 +132,17 @@ def run_inference(
         fn_constructor_kwargs={
             "model": model,
             "pixel_norm": pixel_norm,
-            "max_new_tokens": max_new_tokens,
-            "max_new_tokens_text": max_new_tokens_text,
-            "dtype": dtype,
-            "attention": attention,
-            "threads": int(worker_num_cpus),
+            "max_new_tokens": cfg.max_new_tokens,
+            "max_new_tokens_text": cfg.max_new_tokens_text,
+            "dtype": cfg.dtype,
+            "attention": cfg.attention,
+            "threads": int(cfg.worker_num_cpus),
             "data_dir": data_dir,
         },
-        batch_size=batch_size,
+        batch_size=cfg.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=worker_num_cpus,
-        num_gpus=worker_num_gpus or None,
+        compute=ray.data.ActorPoolStrategy(size=cfg.workers),
+        num_cpus=cfg.worker_num_cpus,
+        num_gpus=cfg.worker_num_gpus or None,
     )
     return list(answered.take_all())

@@ -160,20 +160,8 @@ def _predict(
         manifest = load_manifest(data)
         tasks = cfg.tasks or _trained_tasks(local)
         dataset = read_samples(data, tasks, [cfg.split] if cfg.split else None)
-        rows = run_inference(
-            dataset,
-            local,
-            manifest["pixel_norm"],
-            workers=cfg.workers,
-            worker_num_cpus=cfg.worker_num_cpus,
-            worker_num_gpus=cfg.worker_num_gpus,
-            batch_size=cfg.batch_size,
-            max_new_tokens=cfg.max_new_tokens,
-            max_new_tokens_text=cfg.max_new_tokens_text,
-            dtype=cfg.dtype,
-            attention=cfg.attention,
-            data_dir=str(Path(data).resolve()),
-        )
+        data_dir = str(Path(data).resolve())
+        rows = run_inference(dataset, local, manifest["pixel_norm"], cfg, data_dir)
         failures = read_failures(data)
         ref_rows = read_records_table(data).select(["task", "split", "answer"]).to_pylist()
         reference = reference_points(ref_rows, cfg.split or "test")
