@@ -159,17 +159,12 @@ def served(tiny_model_dir: Path, synth_dir: Path, tmp_path_factory) -> Iterator[
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
         catalog = build_catalog_from_dir(ckpts, prompts=cfg.prompts)
+        serve.run(build_application(catalog, cfg), name=APP, route_prefix="/")
         mx = cfg.model_copy(deep=True)
         mx.mode = "multiplexed"
         mx.token_env = TOKEN_ENV
         mx.per_checkpoint = {}
-        # Both apps at once: their replicas start side by side, not one app after the other.
-        serve.run_many(
-            [
-                serve.RunTarget(build_application(catalog, cfg), name=APP, route_prefix="/"),
-                serve.RunTarget(build_application(catalog, mx), name="mx", route_prefix="/mx"),
-            ]
-        )
+        serve.run(build_application(catalog, mx), name="mx", route_prefix="/mx")
         yield Served(f"http://127.0.0.1:{cfg.port}/", synth_dir / "videos", bad, ckpts)
     finally:
         serve.shutdown()
