@@ -44,27 +44,20 @@ class Generator:
     """Ray Data actor: holds one model, answers rows of preprocessed samples."""
 
     def __init__(
-        self,
-        model: str,
-        pixel_norm: dict[str, Any],
-        max_new_tokens: int,
-        max_new_tokens_text: int,
-        dtype: str = "auto",
-        attention: str = "auto",
-        threads: int = 1,
-        data_dir: str = "",
+        self, model: str, pixel_norm: dict[str, Any], cfg_json: dict[str, Any], data_dir: str
     ) -> None:
         import torch
 
         from crashchat.video.model_inputs import PixelNorm
         from crashchat.video.samples import ClipStore
 
-        torch.set_num_threads(max(1, threads))
-        self.loaded = load_for_inference(model, dtype, attention)
+        cfg = EvalConfig.model_validate(cfg_json)
+        torch.set_num_threads(max(1, int(cfg.worker_num_cpus)))
+        self.loaded = load_for_inference(model, cfg.dtype, cfg.attention)
         self.norm = PixelNorm(**pixel_norm)
         self.clips = ClipStore(data_dir)  # this actor reads the clips of the rows it answers
         self.tokenizer = self.loaded.processor.tokenizer
-        self.limits = (max_new_tokens, max_new_tokens_text)
+        self.limits = (cfg.max_new_tokens, cfg.max_new_tokens_text)
 
     def answer(self, row: dict[str, Any]) -> str:
         """Greedy answer to one sample row."""
@@ -132,11 +125,7 @@ def run_inference(
         fn_constructor_kwargs={
             "model": model,
             "pixel_norm": pixel_norm,
-            "max_new_tokens": cfg.max_new_tokens,
-            "max_new_tokens_text": cfg.max_new_tokens_text,
-            "dtype": cfg.dtype,
-            "attention": cfg.attention,
-            "threads": int(cfg.worker_num_cpus),
+            "cfg_json": cfg.model_dump(),
             "data_dir": data_dir,
         },
         batch_size=cfg.batch_size,

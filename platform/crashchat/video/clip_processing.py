@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from collections import deque
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,17 +109,30 @@ def clip_key(file_digest: str, settings: str) -> str:
     return f"{file_digest[:32]}-{settings}"
 
 
-def process_clip(
-    path: str,
-    probe: VideoProbe,
-    spec: DecodeSpec,
-    model: str,
-    out: str,
-    key: str,
-    video: str,
-    file_digest: str,
-) -> dict[str, Any]:
-    """Decode ``path``, run the model's processor, store the clip row; returns it without pixels.
+@dataclass(frozen=True)
+class ClipJob:
+    """One clip to decode and store, as a data worker hands it to a processor actor.
+
+    Attributes:
+        path: The clip's file.
+        probe: What probing the file found (size, frames, fps, codec).
+        spec: How to sample and size its frames.
+        key: Its clip key (:func:`clip_key`).
+        video: Its path as the annotations name it.
+        digest: The file's SHA-256.
+    """
+
+    path: str
+    probe: VideoProbe
+    spec: DecodeSpec
+    key: str
+    video: str
+    digest: str
+
+
+def process_clip(job: ClipJob, model: str, out: str) -> dict[str, Any]:
+    """Decode the job's clip, run the model's processor, store the clip row; returns it without
+    pixels.
 
     Raises:
         RuntimeError: on a decoder error (decord's message).
@@ -129,13 +142,14 @@ def process_clip(
 
     from crashchat.video.samples import CLIP_META_COLUMNS, pack_pixels, write_clip
 
-    clip = decode_clip(path, probe.width, probe.height, probe.frames, spec, probe.fps)
+    path, probe, key = job.path, job.probe, job.key
+    clip = decode_clip(path, probe.width, probe.height, probe.frames, job.spec, probe.fps)
     builder = input_builder(model)
     vid = builder.video(clip.frames, clip.indices, clip.source_fps, clip.source_frames)
     row = {
         "clip_key": key,
-        "video": video,
-        "file_sha256": file_digest,
+        "video": job.video,
+        "file_sha256": job.digest,
         "settings_key": key.split("-")[-1],
         "num_frames": len(clip.indices),
         "timestamps": clip.timestamps,
@@ -169,11 +183,9 @@ class ClipProcessor:
         """True once the processor is loaded (callers wait for it before giving work)."""
         return True
 
-    def process(
-        self, path: str, probe: VideoProbe, spec: DecodeSpec, key: str, video: str, digest: str
-    ) -> dict[str, Any]:
+    def process(self, job: ClipJob) -> dict[str, Any]:
         """:func:`process_clip` of one clip in this process."""
-        return process_clip(path, probe, spec, self.model, self.out, key, video, digest)
+        return process_clip(job, self.model, self.out)
 
 
 class ProcessorPool:
@@ -188,6 +200,9 @@ class ProcessorPool:
         timeout_s: A clip whose processing takes longer is failed and its actor restarted (a
             hung decoder); the clock starts when the clip reaches a ready actor.
         retries: Further attempts of a clip whose actor process died.
+
+    The actors start with the first clip that needs processing (:meth:`start`), so a rerun
+    whose clips are all stored starts none (each costs seconds of CPU to load the processor).
     """
 
     def __init__(
@@ -199,19 +214,29 @@ class ProcessorPool:
         timeout_s: float,
         retries: int,
     ) -> None:
-        import ray
-
         self.timeout_s, self.retries = timeout_s, retries
-        cls = ray.remote(ClipProcessor).options(max_restarts=-1, max_task_retries=0, **options)
-        self.actors: list[Any] = [cls.remote(model, out) for _ in range(max(1, size))]
-        self.warming: dict[Any, Any] = {a.ready.remote(): a for a in self.actors}
+        self.model, self.out, self.size, self.options = model, out, max(1, size), options
+        self.actors: list[Any] = []
+        self.warming: dict[Any, Any] = {}
         self.idle: list[Any] = []
 
-    def run(self, jobs: dict[int, tuple[Any, ...]]) -> dict[int, dict[str, Any] | str]:
-        """Process ``jobs`` (index -> :meth:`ClipProcessor.process` arguments); returns the
-        clip metadata, or the reason it failed, by index."""
+    def start(self) -> None:
+        """Start the actors loading the processor, once (later calls do nothing)."""
         import ray
 
+        if self.actors:
+            return
+        cls = ray.remote(ClipProcessor).options(max_restarts=-1, max_task_retries=0, **self.options)
+        self.actors = [cls.remote(self.model, self.out) for _ in range(self.size)]
+        self.warming = {a.ready.remote(): a for a in self.actors}
+
+    def run(self, jobs: dict[int, ClipJob]) -> dict[int, dict[str, Any] | str]:
+        """Process ``jobs`` (by index); returns the clip metadata, or the reason it failed, by
+        index."""
+        import ray
+
+        if jobs:
+            self.start()
         queue = deque(jobs)
         attempts: dict[int, int] = dict.fromkeys(jobs, 0)
         running: dict[Any, tuple[Any, int, float]] = {}
@@ -220,7 +245,7 @@ class ProcessorPool:
             while queue and self.idle:
                 i, actor = queue.popleft(), self.idle.pop()
                 attempts[i] += 1
-                running[actor.process.remote(*jobs[i])] = (actor, i, time.monotonic())
+                running[actor.process.remote(jobs[i])] = (actor, i, time.monotonic())
             waiting = [*running, *self.warming]
             done, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
             for ref in done:

@@ -29,6 +29,15 @@ from crashchat.data.validation import catalog_from_files, check_video_path, coll
 from crashchat.models.metadata import model_frame_size
 from crashchat.ray_utils import ensure_ray
 from crashchat.video import samples as store
+from crashchat.video.clip_processing import (
+    ClipJob,
+    ProcessorPool,
+    clip_key,
+    file_sha256,
+    input_builder,
+    settings_key,
+    tokenizing_builder,
+)
 from crashchat.video.decode import DecodeSpec, decode_spec
 from crashchat.video.probe import VideoRejected, probe_video
 
@@ -96,8 +105,6 @@ class ClipWorker:
         settings: str,
         actor_options: dict[str, Any],
     ) -> None:
-        from crashchat.video.clip_processing import ProcessorPool, tokenizing_builder
-
         self.cfg = PreprocessConfig.model_validate(cfg_json)
         self.model, self.out, self.spec, self.settings = model, out, spec, settings
         self.builder = tokenizing_builder(model)
@@ -114,7 +121,7 @@ class ClipWorker:
         clips = batch.to_pylist()
         results: list[dict[str, Any]] = []
         metas: dict[int, tuple[dict[str, Any], bool]] = {}
-        jobs: dict[int, tuple[Any, ...]] = {}
+        jobs: dict[int, ClipJob] = {}
         for i, clip in enumerate(clips):
             got = self._start(clip)
             if isinstance(got, str):
@@ -123,6 +130,7 @@ class ClipWorker:
                 metas[i] = (got, True)
             else:
                 jobs[i] = got
+                self.pool.start()  # the processors load while the rest of the batch is probed
         for i, done in self.pool.run(jobs).items():
             if isinstance(done, str):
                 results += self._fail_all(clips[i], "decode", done)
@@ -135,10 +143,8 @@ class ClipWorker:
         store.write_records(self.out, int(clips[0]["index"]), records)
         return pa.Table.from_pylist(results, schema=RESULT_SCHEMA)
 
-    def _start(self, clip: dict[str, Any]) -> str | dict[str, Any] | tuple[Any, ...]:
+    def _start(self, clip: dict[str, Any]) -> str | dict[str, Any] | ClipJob:
         """A reason (rejected), a stored clip's metadata (reused), or the processing job."""
-        from crashchat.video.clip_processing import clip_key, file_sha256
-
         try:
             probe = probe_video(clip["path"], self.cfg.limits)
         except VideoRejected as exc:
@@ -147,7 +153,7 @@ class ClipWorker:
         key = clip_key(digest, self.settings)
         if store.clip_path(self.out, key).is_file():
             return store.read_clip_meta(self.out, key)
-        return (clip["path"], probe, self.spec, key, clip["video"], digest)
+        return ClipJob(clip["path"], probe, self.spec, key, clip["video"], digest)
 
     def _tokenize(
         self,
@@ -278,20 +284,28 @@ class _Tally:
                     self.counts[(task, split)] += n
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One run's settings, worked out once by the driver: what the workers and the manifest
+    read."""
+
+    cfg: PreprocessConfig
+    model: str
+    root: Path
+    out: Path
+    spec: DecodeSpec
+    settings: str
+    pixel_norm: dict[str, Any]
+
+
 def _run_workers(
-    clips: list[dict[str, Any]],
-    cfg: PreprocessConfig,
-    model: str,
-    out: Path,
-    spec: DecodeSpec,
-    settings: str,
-    tally: _Tally,
-    progress: ProgressFn | None,
+    job: _Job, clips: list[dict[str, Any]], tally: _Tally, progress: ProgressFn | None
 ) -> str:
     """Run the Ray Data job; returns the placement note."""
     import ray
     import ray.data
 
+    cfg = job.cfg
     opts, note = placement_options(cfg)
     actor_options = {"num_cpus": cfg.decode_num_cpus, **opts}
     ctx = ray.data.DataContext.get_current()
@@ -301,11 +315,11 @@ def _run_workers(
     ds = ray.data.from_items(clips, override_num_blocks=batches).map_batches(
         ClipWorker,
         fn_constructor_kwargs={
-            "model": model,
-            "out": str(out),
+            "model": job.model,
+            "out": str(job.out),
             "cfg_json": cfg.model_dump(),
-            "spec": spec,
-            "settings": settings,
+            "spec": job.spec,
+            "settings": job.settings,
             "actor_options": actor_options,
         },
         batch_size=cfg.clips_per_batch,
@@ -317,36 +331,25 @@ def _run_workers(
     )
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         assert isinstance(batch, pa.Table)
-        tally.add(batch.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA), out)
+        tally.add(batch.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA), job.out)
         if progress is not None:
             progress(tally.done, tally.failed, len(clips))
     return note
 
 
 def _manifest(
-    cfg: PreprocessConfig,
-    model: str,
-    root: Path,
-    spec: Any,
-    settings: str,
-    note: str,
-    processor: Any,
-    files: list[Any],
-    tally: _Tally,
-    counts: dict[str, int],
+    job: _Job, note: str, files: list[Any], tally: _Tally, counts: dict[str, int]
 ) -> dict[str, Any]:
     """The dataset's manifest: how it was made (settings, model, annotations) and what it holds."""
-    from crashchat.video.model_inputs import PixelNorm
-
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": model,
-        "video_root": str(root),
-        "config": cfg.model_dump(),
-        "decode": asdict(spec),
-        "settings_key": settings,
+        "model": job.model,
+        "video_root": str(job.root),
+        "config": job.cfg.model_dump(),
+        "decode": asdict(job.spec),
+        "settings_key": job.settings,
         "placement": note,
-        "pixel_norm": PixelNorm.from_processor(processor.video_processor).to_json(),
+        "pixel_norm": job.pixel_norm,
         "annotations": {str(f.path): f.sha256 for f in files if f.path.is_file()},
         "counts": {
             "clips": counts["clips"],
@@ -398,7 +401,7 @@ def run_preprocess(
             initialised Ray is used as is.
         progress: Called after each clip with (done, failed, total).
     """
-    from crashchat.video.clip_processing import input_builder, settings_key
+    from crashchat.video.model_inputs import PixelNorm
 
     cfg = cfg or PreprocessConfig()
     start = time.perf_counter()
@@ -411,14 +414,15 @@ def run_preprocess(
     clips, failures, files, unique = _plan(list(annotations), root, cfg.splits)
     store.append_failures(out, failures)
     spec = decode_spec(cfg, model_frame_size(model))
-    processor = input_builder(model).processor
-    settings = settings_key(spec, processor.video_processor)
+    video_processor = input_builder(model).processor.video_processor
+    norm = PixelNorm.from_processor(video_processor).to_json()
+    job = _Job(cfg, model, root, out, spec, settings_key(spec, video_processor), norm)
     tally = _Tally(failures=list(failures))
     note = ""
     started = ensure_ray(address) if clips else False
     try:
         if clips:
-            note = _run_workers(clips, cfg, model, out, spec, settings, tally, progress)
+            note = _run_workers(job, clips, tally, progress)
     finally:
         if started:
             import ray
@@ -428,7 +432,7 @@ def run_preprocess(
     catalog_from_files(files).save(out / store.PROMPTS_FILE)
     records = sum(tally.counts.values())
     counts = {"clips": len(clips), "records": unique, "samples": records, "removed": removed}
-    manifest = _manifest(cfg, model, root, spec, settings, note, processor, files, tally, counts)
+    manifest = _manifest(job, note, files, tally, counts)
     store.write_manifest(out, manifest)
     return PreprocessResult(
         out, len(clips), records, tally.failures, time.perf_counter() - start, manifest
