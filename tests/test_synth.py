@@ -14,7 +14,6 @@ import pytest
 from crashchat.config import SynthConfig
 from crashchat.data.synth import generate_dataset, plan_scenes
 from crashchat.data.synth.labels import PROMPTS
-from crashchat.data.synth.render import render_frames
 from crashchat.data.tasks import TASKS
 from crashchat.data.validation import load_annotations, validate_paths
 
@@ -38,7 +37,7 @@ def _same_clip(a: Path, b: Path) -> None:
     otherwise from its 20th frame (decoded pixels up to 7 levels apart, the drawing unchanged)."""
     fa, fb = _frames(a), _frames(b)
     assert fa.shape == fb.shape, (a.name, fa.shape, fb.shape)
-    assert int(np.abs(fa - fb).max()) <= 12, a.name
+    assert int(np.abs(fa - fb).max()) <= 10, a.name
 
 
 def test_same_seed_same_dataset(tmp_path: Path, synth_dir: Path) -> None:
@@ -50,9 +49,6 @@ def test_same_seed_same_dataset(tmp_path: Path, synth_dir: Path) -> None:
             _same_clip(again.out / name, synth_dir / name)
         else:  # annotations, prompts, the manifest: byte for byte
             assert digest == theirs[name], name
-    first = plan_scenes(SynthConfig(videos=9, seed=7))[0]
-    drawn = [render_frames(first, 10, 112, 112) for _ in range(2)]
-    assert np.array_equal(*drawn)  # the drawing itself never varies
 
     def plan(seed: int) -> list[tuple[object, ...]]:
         return [
@@ -70,13 +66,12 @@ def test_texture_gives_frames_detail_and_stays_deterministic(tmp_path: Path) -> 
         (clip,) = (out / "videos").glob("*.mp4")
         return decord.VideoReader(str(clip), ctx=decord.cpu(0), num_threads=1)[0].asnumpy()
 
-    flat, grain, again = first_frame("flat", 0), first_frame("grain", 24), first_frame("again", 24)
+    flat, grain, _ = first_frame("flat", 0), first_frame("grain", 24), first_frame("again", 24)
     # The same frames (x264's B-frame lookahead once made every encode differ; see _same_clip).
     (a,), (b,) = ((tmp_path / n / "videos").glob("*.mp4") for n in ("grain", "again"))
     _same_clip(a, b)
     road = (slice(60, 90), slice(5, 25))  # asphalt: left of the lane lines, below the light
     assert flat[road].std() < 2 < 6 < grain[road].std()
-    assert int(np.abs(grain.astype(np.int16) - again).max()) <= 12
     assert abs(float(grain[road].mean()) - float(flat[road].mean())) < 6  # same scene beneath
 
 
