@@ -4,7 +4,8 @@ Flow per clip (one video named by several task records is processed once per set
 probe (PyAV) and content hash (in a Ray Data worker) -> a clip already stored with the same key
 is reused; otherwise decode (decord), the model's processor and the clip's row are one call of
 a processor actor the worker owns, so a decoder crash kills only that process (restarted, the
-clip retried a bounded number of times) and the pixels never travel through the object store -> the worker tokenizes the clip's records and writes them.
+clip retried a bounded number of times) and the pixels never travel through the object store
+-> the worker tokenizes the clip's records and writes them.
 Workers write both tables; the driver only receives failures and counts, so its memory stays
 flat however many clips there are. Any failure becomes a row of the failures table; every good
 sample is written.
