@@ -55,9 +55,10 @@ browser:
 	fi
 
 pytest: setup browser
-	$(BIN)/python -m pytest -q -m "not gpu and not chaos" --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not gpu" --durations=15 $(PYTEST_ARGS)
 
-# The chaos benchmark's quick mode with its checks (tests/test_chaos.py); about 10 minutes.
+# The chaos benchmark's quick mode with its checks (tests/test_chaos.py) alone; about 3-4
+# minutes (make test runs it too).
 chaos: setup
 	$(BIN)/python -m pytest -q -m chaos $(PYTEST_ARGS)
 

@@ -8,8 +8,8 @@ Loopback only, bounded in items and time; on this machine's tiny model:
      ``/v1/batch`` (at least 200 items in the full run: synthetic clips, the three real clips
      when ``../shared`` has them, and a few bad items) sent by the client ``crashchat serve
      batch`` uses, while a chaos loop SIGKILLs a random Serve replica (a model, the decoder, the
-     router) every few seconds for two minutes (30 s in quick mode); once per ingress (Ray
-     Serve's proxy, its HAProxy). Every item must end with exactly one final line; items hit
+     router) every 3 s for two minutes (18 s in quick mode); once per ingress (Ray Serve's
+     proxy, its HAProxy). Every item must end with exactly one final line; items hit
      by a kill are resent (they are idempotent).
   2. preprocessing under node loss: a multi-node Ray on this machine (``ray.cluster_utils``),
      ``run_preprocess`` over at least 200 clips pinned to the ``cpu_decode`` node, whose raylet
@@ -19,12 +19,15 @@ Loopback only, bounded in items and time; on this machine's tiny model:
      and ``Retry-After`` quickly, admitted requests succeed, replica memory stays flat, and the
      endpoint is back to its normal latency soon after the load stops.
 
+The overload phase runs on the last ingress's endpoint once its bulk phase is done (one ``serve
+up`` per ingress; one replica per deployment, the router admitting 8 analyze requests at once).
+
 Last line: ``chaos_items=N lost=0 duplicates=0 success_rate=S retried=R
-overload_refusal_p99_ms=P rss_growth_pct=G``. ``--quick`` (``make chaos``, with the checks of
-``tests/test_chaos.py``) runs one ingress (HAProxy), fewer items and shorter phases. The overload
-phase runs on the last ingress listed; ``--client threads`` offers it from 64 threads of
-``requests`` instead of one aiohttp event loop (the same figures here: the client is not what
-the refusals wait for).
+overload_refusal_p99_ms=P rss_growth_pct=G``. ``--quick`` (run by ``make test`` and ``make
+chaos``, with the checks of ``tests/test_chaos.py``; about 3 minutes here) runs one ingress
+(HAProxy), 30 items, 18 s of kills, 20 clips and 10 s of overload. ``--client threads`` offers
+the overload from 64 threads of ``requests`` instead of one aiohttp event loop (the same figures
+here: the client is not what the refusals wait for).
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ APP = "crashchat"
 TASKS = "crash_recognition,crash_localization"
 CHECKPOINTS = {"crash_recognition": "monotask", "perception_centric": "homogeneous"}
 VICTIMS = ("model_crash_recognition", "model_perception_centric", "decoder", "router")
+# One endpoint per ingress serves the bulk phase and then the overload phase. One replica per
+# deployment keeps the capacity the overload phase measures fixed (no autoscaling mid-load);
+# the router's admission bound refuses past 8 analyze requests at once, before any work, so
+# the models' and decoder's queues never fill (a batch's items are bounded by its own
+# `batch_concurrency`, not by this).
+ENDPOINT = [
+    "limits.request_timeout_s=30", "limits.max_in_flight=8",
+    "model.autoscaling.max_replicas=1", "decoder.autoscaling.max_replicas=1",
+]  # fmt: skip
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -188,38 +200,32 @@ def batch_items(data: Path, n: int, bad_dir: Path) -> tuple[list[dict[str, Any]]
 
 
 def bulk_under_kills(
-    work: Path, data: Path, ckpts: Path, ingress: str, n: int, every_s: float, seconds: float
-) -> dict[str, Any]:
+    url: str, ingress: str, items: list[dict[str, Any]], bad: set[str], every_s: float,
+    seconds: float,
+) -> dict[str, Any]:  # fmt: skip
     from crashchat.serving.client import send_batch
 
-    state = work / f"serve-{ingress}.json"
-    roots = [data, work / "bad"] + ([REAL_CLIPS] if REAL_CLIPS.exists() else [])
-    items, bad = batch_items(data, n, work / "bad")
-    url = serve_up(ckpts, roots, ingress, state, ["limits.request_timeout_s=30"])
+    # Memory is measured from warm replicas: a model replica's first requests allocate its
+    # working buffers (about 100 MB for the tiny model), which is not growth over a run.
+    list(send_batch(url, items[:2], timeout_s=300, retries=2))
+    rss_start = replica_rss()
+    chaos = Chaos(every_s, seconds)
+    started = time.monotonic()
+    lines, arrivals = [], []
+    chaos.start()
     try:
-        # Memory is measured from warm replicas: a model replica's first requests allocate its
-        # working buffers (about 100 MB for the tiny model), which is not growth over a run.
-        list(send_batch(url, items[:2], timeout_s=300, retries=2))
-        rss_start = replica_rss()
-        chaos = Chaos(every_s, seconds)
-        started = time.monotonic()
-        lines, arrivals = [], []
-        chaos.start()
-        try:
-            # Bounded: a stalled stream times out and is resent, at most `retries` times.
-            for line in send_batch(url, items, timeout_s=seconds + 120, retries=8, backoff_s=2.0):
-                if "summary" in line:
-                    continue
-                lines.append(line)
-                arrivals.append(time.monotonic() - started)
-        finally:
-            chaos.stop.set()
-            chaos.join()
-        time.sleep(3)
-        rss_end = replica_rss()
-        restarts = chaos.restarts()
+        # Bounded: a stalled stream times out and is resent, at most `retries` times.
+        for line in send_batch(url, items, timeout_s=seconds + 120, retries=8, backoff_s=2.0):
+            if "summary" in line:
+                continue
+            lines.append(line)
+            arrivals.append(time.monotonic() - started)
     finally:
-        serve_down(state)
+        chaos.stop.set()
+        chaos.join()
+    time.sleep(3)
+    rss_end = replica_rss()
+    restarts = chaos.restarts()
     ids = Counter(str(line["id"]) for line in lines)
     good = [line for line in lines if str(line["id"]) not in bad]
     ok = [line for line in good if "result" in line]
@@ -417,48 +423,30 @@ def _offer_async(
     return asyncio.run(run())
 
 
-def overload(
-    work: Path,
-    data: Path,
-    ckpts: Path,
-    seconds: float,
-    ingress: str = "proxy",
-    client: str = "async",
-) -> dict[str, Any]:
-    state = work / "serve-overload.json"
-    clip = sorted((data / "videos").glob("*.mp4"))[0]
-    # Small queues, so a full system refuses at once instead of queueing for the timeout.
-    url = serve_up(ckpts, [data], ingress, state, [
-        "model.max_queued_requests=4", "model.autoscaling.max_replicas=1",
-        "decoder.max_queued_requests=4", "decoder.autoscaling.max_replicas=1",
-        "limits.max_in_flight=8",
-    ])  # fmt: skip
+def overload(url: str, clip: Path, seconds: float, client: str = "async") -> dict[str, Any]:
     body = {"video_path": str(clip), "tasks": ["crash_recognition"]}
-    try:
-        baseline = _fire(url + "v1/analyze", body, 1, 8)
-        normal = statistics.median(ms for c, ms, _ in baseline if c == 200)
-        capacity_clients = 4
-        measured = _fire(url + "v1/analyze", body, capacity_clients, 10)
-        rps = sum(1 for c, _, _ in measured if c == 200) / 10
-        rss_start = replica_rss()
-        offer = _offer_async if client == "async" else _offer
-        load = offer(url + "v1/analyze", body, 3 * rps, seconds)
-        rss_end = replica_rss()
-        stopped = time.monotonic()
-        recovered_s = None
-        while time.monotonic() - stopped < 60:
-            window = _fire(url + "v1/analyze", body, 1, 3)
-            ok = [ms for c, ms, _ in window if c == 200]
-            if ok and statistics.median(ok) <= normal * 1.5 + 20:
-                recovered_s = round(time.monotonic() - stopped, 1)
-                break
-    finally:
-        serve_down(state)
+    short = seconds < 30  # quick mode: shorter baseline and capacity windows too
+    baseline = _fire(url + "v1/analyze", body, 1, 4 if short else 8)
+    normal = statistics.median(ms for c, ms, _ in baseline if c == 200)
+    capacity_clients, window_s = 4, 6 if short else 10
+    measured = _fire(url + "v1/analyze", body, capacity_clients, window_s)
+    rps = sum(1 for c, _, _ in measured if c == 200) / window_s
+    rss_start = replica_rss()
+    offer = _offer_async if client == "async" else _offer
+    load = offer(url + "v1/analyze", body, 3 * rps, seconds)
+    rss_end = replica_rss()
+    stopped = time.monotonic()
+    recovered_s = None
+    while time.monotonic() - stopped < 60:
+        window = _fire(url + "v1/analyze", body, 1, 3)
+        ok = [ms for c, ms, _ in window if c == 200]
+        if ok and statistics.median(ok) <= normal * 1.5 + 20:
+            recovered_s = round(time.monotonic() - stopped, 1)
+            break
     refused = [(ms, r) for c, ms, r in load if c == 503]
     admitted = [c for c, _, _ in load if c != 503]
     growth = [(rss_end[k] - v) / v * 100 for k, v in rss_start.items() if k in rss_end and v]
     return {
-        "ingress": ingress,
         "client": client,
         "capacity_rps": round(rps, 2),
         "offered_rps": round(3 * rps, 2),
@@ -477,7 +465,7 @@ def overload(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="make chaos's bounded version")
+    parser.add_argument("--quick", action="store_true", help="the bounded version make test runs")
     parser.add_argument(
         "--ingress", default=None, help="comma list (default: proxy,haproxy; quick: haproxy)"
     )
@@ -503,28 +491,38 @@ def main() -> None:
     quick = args.quick
     # Quick mode's one ingress is HAProxy, whose refusals do not cross Serve's Python proxy.
     ingresses = (args.ingress or ("haproxy" if quick else "proxy,haproxy")).split(",")
-    items = args.items or (60 if quick else 200)
-    clips = args.clips or (30 if quick else 200)
+    items = args.items or (30 if quick else 200)
+    clips = args.clips or (20 if quick else 200)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     with tempfile.TemporaryDirectory(prefix="crashchat-chaos-") as tmp:
         work = Path(tmp)
         data, _model, ckpts = build(work, 12 if quick else 24)
         report: dict[str, Any] = {"bulk": []}
-        for ingress in ingresses if "bulk" in phases else []:
-            bulk = bulk_under_kills(
-                work, data, ckpts, ingress, items, 4.0 if quick else 3.0, 30 if quick else 120
-            )
-            report["bulk"].append(bulk)
-            print(json.dumps({"bulk": bulk}), flush=True)
+        batch, bad = batch_items(data, items, work / "bad")
+        roots = [data, work / "bad"] + ([REAL_CLIPS] if REAL_CLIPS.exists() else [])
+        for ingress in ingresses if phases & {"bulk", "overload"} else []:
+            last = ingress == ingresses[-1]
+            if "bulk" not in phases and not last:
+                continue
+            state = work / f"serve-{ingress}.json"
+            url = serve_up(ckpts, roots, ingress, state, ENDPOINT)
+            try:
+                if "bulk" in phases:
+                    every, seconds = (3.0, 18) if quick else (3.0, 120)
+                    bulk = bulk_under_kills(url, ingress, batch, bad, every, seconds)
+                    report["bulk"].append(bulk)
+                    print(json.dumps({"bulk": bulk}), flush=True)
+                if "overload" in phases and last:
+                    clip = sorted((data / "videos").glob("*.mp4"))[0]
+                    load = overload(url, clip, 10 if quick else 60, args.client)
+                    report["overload"] = {"ingress": ingress, **load}
+                    print(json.dumps({"overload": report["overload"]}), flush=True)
+            finally:
+                serve_down(state)
         if "node_loss" in phases:
             report["node_loss"] = preprocess_under_node_loss(work, clips)
             print(json.dumps({"node_loss": report["node_loss"]}), flush=True)
-        if "overload" in phases:
-            report["overload"] = overload(
-                work, data, ckpts, 15 if quick else 60, ingresses[-1], args.client
-            )
-            print(json.dumps({"overload": report["overload"]}), flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
     bulk_all = report["bulk"]
