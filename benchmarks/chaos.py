@@ -20,7 +20,7 @@ Loopback only, bounded in items and time; on this machine's tiny model:
      endpoint is back to its normal latency soon after the load stops.
 
 The overload phase runs on the last ingress's endpoint once its bulk phase is done (one ``serve
-up`` per ingress; one replica per deployment, the router admitting 8 analyze requests at once).
+up`` per ingress; the router admitting 8 analyze requests at once).
 
 Last line: ``chaos_items=N lost=0 duplicates=0 success_rate=S retried=R
 overload_refusal_p99_ms=P rss_growth_pct=G``. ``--quick`` (run by ``make test`` and ``make
@@ -55,15 +55,14 @@ APP = "crashchat"
 TASKS = "crash_recognition,crash_localization"
 CHECKPOINTS = {"crash_recognition": "monotask", "perception_centric": "homogeneous"}
 VICTIMS = ("model_crash_recognition", "model_perception_centric", "decoder", "router")
-# One endpoint per ingress serves the bulk phase and then the overload phase. One replica per
-# deployment keeps the capacity the overload phase measures fixed (no autoscaling mid-load);
-# the router's admission bound refuses past 8 analyze requests at once, before any work, so
+# One endpoint per ingress serves the bulk phase and then the overload phase. The router's
+# admission bound refuses past 8 analyze requests at once, before any work, so under overload
 # the models' and decoder's queues never fill (a batch's items are bounded by its own
-# `batch_concurrency`, not by this).
-ENDPOINT = [
-    "limits.request_timeout_s=30", "limits.max_in_flight=8",
-    "model.autoscaling.max_replicas=1", "decoder.autoscaling.max_replicas=1",
-]  # fmt: skip
+# `batch_concurrency`, not by this). Autoscaling stays as configured (up to 2 replicas): with
+# one replica per deployment, a replica killed every 3 s for two minutes left none of the
+# full run's 200 items answered through Ray Serve's proxy (each stream broke on a router kill
+# before an item got through a restarted decoder and model, until the client's resends ran out).
+ENDPOINT = ["limits.request_timeout_s=30", "limits.max_in_flight=8"]
 
 
 def _pct(values: list[float], q: float) -> float:
