@@ -69,6 +69,73 @@ def flaky_url() -> Iterator[str]:
         thread.join(timeout=10)
 
 
+class _DyingRouter(BaseHTTPRequestHandler):
+    """``/v1/batch`` whose router dies after answering ``answers`` items of each request."""
+
+    answers: ClassVar[int] = 1
+    calls: ClassVar[list[list[str]]] = []
+
+    def do_POST(self) -> None:
+        items = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.calls.append([it["id"] for it in items])
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i, it in enumerate(items[: self.answers]):
+            data = (json.dumps({"index": i, "id": it["id"], "result": {}}) + "\n").encode()
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.write(b'ff\r\n{"partial')  # the router died mid-line
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def dying_router() -> Iterator[tuple[str, type[_DyingRouter]]]:
+    _DyingRouter.calls = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _DyingRouter)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", _DyingRouter
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+# Seen in the chaos benchmark's full run: each router kill cost every waiting item a try, so ten
+# kills over two minutes failed all 200 items of a batch (retries 8) that was still progressing.
+@pytest.mark.timeout(60)
+def test_router_deaths_that_leave_the_batch_further_along_cost_no_item_a_try(
+    dying_router: tuple[str, type[_DyingRouter]],
+) -> None:
+    url, router = dying_router
+    router.answers = 1
+    ids = [f"{n}.mp4" for n in range(6)]
+    lines = list(send_batch(url, [{"id": i} for i in ids], retries=2, backoff_s=0.01))
+    assert [line["id"] for line in lines[:-1]] == ids  # 6 breaks > 2 retries, all answered
+    assert all("result" in line for line in lines[:-1])
+    assert [line["retries"] for line in lines[:-1]] == [0, 1, 2, 3, 4, 5]
+    assert len(router.calls) == 6 and router.calls[-1] == ["5.mp4"]
+
+
+@pytest.mark.timeout(60)
+def test_breaks_with_nothing_answered_give_up_after_the_retries(
+    dying_router: tuple[str, type[_DyingRouter]],
+) -> None:
+    url, router = dying_router
+    router.answers = 0
+    lines = list(send_batch(url, [{"id": "x"}, {"id": "y"}], retries=2, backoff_s=0.01))
+    assert len(router.calls) == 3  # the first try and 2 resends, then the items end
+    assert all("stream broken" in line["error"]["detail"] for line in lines[:-1])
+    assert [line["retries"] for line in lines[:-1]] == [2, 2]
+    assert lines[-1]["summary"]["failed"] == 2
+
+
 @pytest.mark.timeout(60)
 def test_send_batch_resends_only_what_a_dead_process_cost(flaky_url: str) -> None:
     ids = ["a.mp4", "b.mp4", "c.mp4", "bad.mp4", "d.mp4"]

@@ -101,64 +101,92 @@ def send_batch(
     Items are idempotent (the same clip and tasks), so whatever a dying process cost is sent
     again: when the stream breaks (the router or its ingress was killed) the items without an
     answer go out in a new batch, and an item whose error says a replica died or a queue was
-    full is resent, each up to ``retries`` times. Every item gets exactly one line: its result,
-    or its last error. Lines carry the item's position in ``items`` as ``index`` and how many
-    times it was resent as ``retries``.
+    full is resent, up to ``retries`` times per item. A broken stream that answered something
+    costs no item a try (a batch of thousands outlives any number of router restarts that
+    each leave it further along); ``retries`` bounds the breaks in a row with nothing answered
+    between them, waiting ``backoff_s`` doubled after each (at most a minute); then the items
+    left end with the break as their error. ``retries=0`` resends nothing. Every item gets
+    exactly one line: its result, or its last error. Lines carry the item's position in
+    ``items`` as ``index`` and how many times it was resent as ``retries``.
 
     Raises:
         RuntimeError: when the endpoint refuses the whole batch (status and detail).
     """
     import time
 
-    import requests
-
     started = time.monotonic()
     pending = dict(enumerate(items))
-    tries = dict.fromkeys(pending, 0)
+    resent = dict.fromkeys(pending, 0)  # reported as the line's `retries`
+    error_tries = dict.fromkeys(pending, 0)  # resends spent on the item's own retryable errors
     last_error: dict[int, dict[str, Any]] = {}
     counts = {"succeeded": 0, "failed": 0, "resent": 0}
+    stalled = 0  # breaks in a row, the first after progress
     while pending:
         order = sorted(pending)
-        try:
-            for line in _post_batch(url, [pending[i] for i in order], token, timeout_s):
-                if "summary" in line or not isinstance(line.get("index"), int):
-                    continue
-                i = order[line["index"]]
-                if i not in pending:
-                    continue  # already answered (never yield an item twice)
-                error = line.get("error")
-                if error is not None and retryable(error) and tries[i] < retries:
-                    last_error[i] = line
-                    continue
-                del pending[i]
-                counts["succeeded" if error is None else "failed"] += 1
-                yield {**line, "index": i, "retries": tries[i]}
-        except (
-            requests.ConnectionError,
-            requests.exceptions.ChunkedEncodingError,
-            ConnectionError,
-        ) as exc:
-            for i in pending:
-                last_error[i] = {
-                    "id": items[i].get("id", i),
-                    "error": {"status": 503, "detail": f"stream broken: {exc}"[:300]},
-                }
+        erred: set[int] = set()  # items resendable for their own error in this attempt
+        broken: str | None = None
+        progress = False
+        for line in _attempt(url, [pending[i] for i in order], token, timeout_s):
+            if "broken" in line:
+                broken = line["broken"]
+                break
+            i = order[line["index"]]
+            if i not in pending:
+                continue  # already answered (never yield an item twice)
+            progress = True
+            error = line.get("error")
+            if error is not None and retryable(error) and error_tries[i] < retries:
+                error_tries[i] += 1
+                last_error[i] = line
+                erred.add(i)
+                continue
+            del pending[i]
+            counts["succeeded" if error is None else "failed"] += 1
+            yield {**line, "index": i, "retries": resent[i]}
+        stalled = 0 if broken is None else 1 if progress else stalled + 1
         for i in list(pending):
-            if tries[i] >= retries:
-                line = last_error.get(
-                    i,
-                    {"id": items[i].get("id", i), "error": {"status": 503, "detail": "no answer"}},
-                )
+            if broken is not None:
+                give_up = stalled > retries
+                last_error[i] = _item_error(items, i, f"stream broken: {broken}"[:300])
+            elif i in erred:
+                give_up = False
+            else:  # the stream ended without a line for it
+                give_up = error_tries[i] >= retries
+                error_tries[i] += 1
+            if give_up:
                 del pending[i]
                 counts["failed"] += 1
-                yield {**line, "index": i, "retries": tries[i]}
+                line = last_error.get(i) or _item_error(items, i, "no answer")
+                yield {**line, "index": i, "retries": resent[i]}
             else:
-                tries[i] += 1
+                resent[i] += 1
                 counts["resent"] += 1
         if pending:
-            time.sleep(backoff_s)
+            time.sleep(min(60.0, backoff_s * 2 ** max(0, stalled - 1)))
     summary = {"items": len(items), **counts, "elapsed_s": round(time.monotonic() - started, 3)}
     yield {"summary": summary}
+
+
+def _item_error(items: list[dict[str, Any]], i: int, detail: str) -> dict[str, Any]:
+    return {"id": items[i].get("id", i), "error": {"status": 503, "detail": detail}}
+
+
+def _attempt(
+    url: str, items: list[dict[str, Any]], token: str | None, timeout_s: float
+) -> Iterator[dict[str, Any]]:
+    """One ``/v1/batch`` request's item lines; a last ``{"broken": why}`` if the stream broke."""
+    import requests
+
+    try:
+        for line in _post_batch(url, items, token, timeout_s):
+            if "summary" not in line and isinstance(line.get("index"), int):
+                yield line
+    except (
+        requests.ConnectionError,
+        requests.exceptions.ChunkedEncodingError,
+        ConnectionError,
+    ) as exc:
+        yield {"broken": str(exc)}
 
 
 # The report's perception fields, which have a truth to hold them against.
