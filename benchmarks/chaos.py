@@ -213,7 +213,8 @@ def bulk_under_kills(
     lines, arrivals = [], []
     chaos.start()
     try:
-        # Bounded: a stalled stream times out and is resent, at most `retries` times.
+        # Bounded: a stall (no line for timeout_s) or a break with nothing answered is resent
+        # at most `retries` times in a row; a break after progress is resent freely.
         for line in send_batch(url, items, timeout_s=seconds + 120, retries=8, backoff_s=2.0):
             if "summary" in line:
                 continue
@@ -438,9 +439,12 @@ def overload(
     measured = _fire(url + "v1/analyze", body, capacity_clients, windows_s[1])
     rps = sum(1 for c, _, _ in measured if c == 200) / windows_s[1]
     rss_start = replica_rss()
+    # Autoscaling is on (as users run it): the replicas during the load are part of the figures.
+    before = {name: len(pids) for name, pids in replicas().items()}
     offer = _offer_async if client == "async" else _offer
     load = offer(url + "v1/analyze", body, 3 * rps, seconds)
     rss_end = replica_rss()
+    after = {name: len(pids) for name, pids in replicas().items()}
     stopped = time.monotonic()
     recovered_s = None
     while time.monotonic() - stopped < 60:
@@ -466,6 +470,8 @@ def overload(
         "normal_p50_ms": round(normal, 1),
         "recovered_after_s": recovered_s,
         "rss_growth_pct_max": round(max(growth), 1) if growth else 0.0,
+        "replicas_at_load_start": before,
+        "replicas_at_load_end": after,
     }
 
 
@@ -507,13 +513,13 @@ def main() -> None:
         report: dict[str, Any] = {"bulk": []}
         batch, bad = batch_items(data, items, work / "bad")
         roots = [data, work / "bad"] + ([REAL_CLIPS] if REAL_CLIPS.exists() else [])
-        for ingress in ingresses if phases & {"bulk", "overload"} else []:
-            last = ingress == ingresses[-1]
+        for n, ingress in enumerate(ingresses if phases & {"bulk", "overload"} else []):
+            last = n == len(ingresses) - 1
             if "bulk" not in phases and not last:
                 continue
             state = work / f"serve-{ingress}.json"
-            url = serve_up(ckpts, roots, ingress, state, ENDPOINT)
             try:
+                url = serve_up(ckpts, roots, ingress, state, ENDPOINT)
                 if "bulk" in phases:
                     every, seconds = (3.0, 18) if quick else (3.0, 120)
                     bulk = bulk_under_kills(url, ingress, batch, bad, every, seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -70,9 +71,12 @@ def flaky_url() -> Iterator[str]:
 
 
 class _DyingRouter(BaseHTTPRequestHandler):
-    """``/v1/batch`` whose router dies after answering ``answers`` items of each request."""
+    """``/v1/batch`` whose router answers ``answers[call]`` items (the last count repeats), the
+    first with ``first_error`` when set, then dies mid-line, or hangs ``hang_s`` when set."""
 
-    answers: ClassVar[int] = 1
+    answers: ClassVar[list[int]] = [1]
+    first_error: ClassVar[dict[str, Any] | None] = None
+    hang_s: ClassVar[float] = 0.0
     calls: ClassVar[list[list[str]]] = []
 
     def do_POST(self) -> None:
@@ -82,9 +86,14 @@ class _DyingRouter(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for i, it in enumerate(items[: self.answers]):
-            data = (json.dumps({"index": i, "id": it["id"], "result": {}}) + "\n").encode()
+        n = self.answers[min(len(self.calls), len(self.answers)) - 1]
+        for i, it in enumerate(items[:n]):
+            body = {"error": self.first_error} if i == 0 and self.first_error else {"result": {}}
+            data = (json.dumps({"index": i, "id": it["id"], **body}) + "\n").encode()
             self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+        if self.hang_s:
+            time.sleep(self.hang_s)  # the client's read times out first
         self.wfile.write(b'ff\r\n{"partial')  # the router died mid-line
         self.wfile.flush()
         self.close_connection = True
@@ -95,7 +104,8 @@ class _DyingRouter(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def dying_router() -> Iterator[tuple[str, type[_DyingRouter]]]:
-    _DyingRouter.calls = []
+    _DyingRouter.calls, _DyingRouter.answers = [], [1]
+    _DyingRouter.first_error, _DyingRouter.hang_s = None, 0.0
     server = ThreadingHTTPServer(("127.0.0.1", 0), _DyingRouter)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -114,7 +124,7 @@ def test_router_deaths_that_leave_the_batch_further_along_cost_no_item_a_try(
     dying_router: tuple[str, type[_DyingRouter]],
 ) -> None:
     url, router = dying_router
-    router.answers = 1
+    router.answers = [1]
     ids = [f"{n}.mp4" for n in range(6)]
     lines = list(send_batch(url, [{"id": i} for i in ids], retries=2, backoff_s=0.01))
     assert [line["id"] for line in lines[:-1]] == ids  # 6 breaks > 2 retries, all answered
@@ -128,12 +138,41 @@ def test_breaks_with_nothing_answered_give_up_after_the_retries(
     dying_router: tuple[str, type[_DyingRouter]],
 ) -> None:
     url, router = dying_router
-    router.answers = 0
+    router.answers = [1, 0]  # progress once, then nothing
     lines = list(send_batch(url, [{"id": "x"}, {"id": "y"}], retries=2, backoff_s=0.01))
-    assert len(router.calls) == 3  # the first try and 2 resends, then the items end
-    assert all("stream broken" in line["error"]["detail"] for line in lines[:-1])
-    assert [line["retries"] for line in lines[:-1]] == [2, 2]
-    assert lines[-1]["summary"]["failed"] == 2
+    assert "result" in lines[0] and lines[0]["id"] == "x"
+    assert len(router.calls) == 4  # after the progress, 2 resends answer nothing, then y ends
+    assert "stream broken" in lines[1]["error"]["detail"] and lines[1]["retries"] == 3
+    assert lines[-1]["summary"]["failed"] == 1
+    router.calls, router.answers = [], [0]
+    lines = list(send_batch(url, [{"id": "x"}], retries=0, backoff_s=0.01))
+    assert len(router.calls) == 1 and "stream broken" in lines[0]["error"]["detail"]
+
+
+@pytest.mark.timeout(60)
+def test_an_item_erring_before_each_break_ends_with_its_error(
+    dying_router: tuple[str, type[_DyingRouter]],
+) -> None:
+    url, router = dying_router
+    router.first_error = {"status": 503, "detail": "ActorDied"}
+    lines = list(send_batch(url, [{"id": "x"}, {"id": "y"}], retries=1, backoff_s=0.01))
+    assert [(line["id"], line["error"]["detail"]) for line in lines[:-1]] == [
+        ("x", "ActorDied"), ("y", "ActorDied"),
+    ]  # fmt: skip
+    assert len(router.calls) == 4  # each item: its error, one resend, its error again
+
+
+@pytest.mark.timeout(60)
+def test_a_hung_endpoint_costs_at_most_retries_plus_one_timeouts(
+    dying_router: tuple[str, type[_DyingRouter]],
+) -> None:
+    url, router = dying_router
+    router.hang_s = 2.0  # answers one item per request, then hangs
+    items = [{"id": f"{n}"} for n in range(5)]
+    lines = list(send_batch(url, items, retries=1, timeout_s=0.3, backoff_s=0.01))
+    assert len(router.calls) == 2  # answered or not, a stall counts
+    assert [("result" in line) for line in lines[:-1]] == [True, True, False, False, False]
+    assert "timed out" in lines[-2]["error"]["detail"].lower()
 
 
 @pytest.mark.timeout(60)

@@ -101,13 +101,17 @@ def send_batch(
     Items are idempotent (the same clip and tasks), so whatever a dying process cost is sent
     again: when the stream breaks (the router or its ingress was killed) the items without an
     answer go out in a new batch, and an item whose error says a replica died or a queue was
-    full is resent, up to ``retries`` times per item. A broken stream that answered something
-    costs no item a try (a batch of thousands outlives any number of router restarts that
-    each leave it further along); ``retries`` bounds the breaks in a row with nothing answered
-    between them, waiting ``backoff_s`` doubled after each (at most a minute); then the items
-    left end with the break as their error. ``retries=0`` resends nothing. Every item gets
-    exactly one line: its result, or its last error. Lines carry the item's position in
-    ``items`` as ``index`` and how many times it was resent as ``retries``.
+    full is resent, up to ``retries`` times per item (an item the stream ended without
+    answering spends one of these too). A broken stream that answered something costs no item
+    a try: a batch of thousands outlives any number of router restarts that each leave it
+    further along. ``retries`` bounds the resends in a row that answer nothing before breaking,
+    and the stalls (no line for ``timeout_s``, answered or not, so a hung endpoint costs at most
+    ``retries + 1`` timeouts), waiting ``backoff_s`` doubled after each (at most a minute);
+    then the items left end with the break as their error (it replaces an item's own retryable
+    error of that attempt). ``retries=0`` resends nothing. Every item gets exactly one line:
+    its result, or its last error. Lines carry the item's position in ``items`` as ``index``
+    and how many times it was resent as ``retries``, which counts the free resends after
+    breaks too and so may exceed the parameter.
 
     Raises:
         RuntimeError: when the endpoint refuses the whole batch (status and detail).
@@ -120,7 +124,7 @@ def send_batch(
     error_tries = dict.fromkeys(pending, 0)  # resends spent on the item's own retryable errors
     last_error: dict[int, dict[str, Any]] = {}
     counts = {"succeeded": 0, "failed": 0, "resent": 0}
-    stalled = 0  # breaks in a row, the first after progress
+    stalled = 0  # breaks in a row with nothing answered (or with no line for timeout_s)
     while pending:
         order = sorted(pending)
         erred: set[int] = set()  # items resendable for their own error in this attempt
@@ -129,6 +133,7 @@ def send_batch(
         for line in _attempt(url, [pending[i] for i in order], token, timeout_s):
             if "broken" in line:
                 broken = line["broken"]
+                progress = progress and not line["stalled"]
                 break
             i = order[line["index"]]
             if i not in pending:
@@ -143,10 +148,10 @@ def send_batch(
             del pending[i]
             counts["succeeded" if error is None else "failed"] += 1
             yield {**line, "index": i, "retries": resent[i]}
-        stalled = 0 if broken is None else 1 if progress else stalled + 1
+        stalled = 0 if broken is None or progress else stalled + 1
         for i in list(pending):
             if broken is not None:
-                give_up = stalled > retries
+                give_up = retries == 0 or stalled > retries
                 last_error[i] = _item_error(items, i, f"stream broken: {broken}"[:300])
             elif i in erred:
                 give_up = False
@@ -174,7 +179,8 @@ def _item_error(items: list[dict[str, Any]], i: int, detail: str) -> dict[str, A
 def _attempt(
     url: str, items: list[dict[str, Any]], token: str | None, timeout_s: float
 ) -> Iterator[dict[str, Any]]:
-    """One ``/v1/batch`` request's item lines; a last ``{"broken": why}`` if the stream broke."""
+    """One ``/v1/batch`` request's item lines; a last ``{"broken": why, "stalled": bool}`` if
+    the stream broke (``stalled``: no line came for ``timeout_s``)."""
     import requests
 
     try:
@@ -183,10 +189,14 @@ def _attempt(
                 yield line
     except (
         requests.ConnectionError,
+        requests.Timeout,
         requests.exceptions.ChunkedEncodingError,
         ConnectionError,
+        ValueError,  # a cut-off last line
     ) as exc:
-        yield {"broken": str(exc)}
+        # Requests reports a read timeout mid-stream as a ConnectionError naming it.
+        stalled = isinstance(exc, requests.Timeout) or "timed out" in str(exc).lower()
+        yield {"broken": str(exc), "stalled": stalled}
 
 
 # The report's perception fields, which have a truth to hold them against.
