@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -16,50 +17,40 @@ from crashchat.data.annotations import annotation_file_name, make_record, write_
 from crashchat.serving.client import report_row, send_batch, truth_of_split
 
 
-class _FlakyBatch(BaseHTTPRequestHandler):
-    """``/v1/batch`` that answers the first request's first item, fails the second with a dead
-    replica, then drops the connection mid-stream; later requests answer everything."""
+class _Batch(BaseHTTPRequestHandler):
+    """A stand-in ``/v1/batch``: streams NDJSON lines in chunks; records each request's ids."""
 
     calls: ClassVar[list[list[str]]] = []
 
-    def do_POST(self) -> None:
-        items = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    def begin(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = json.loads(
+            self.rfile.read(int(self.headers["Content-Length"]))
+        )
         self.calls.append([it["id"] for it in items])
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        return items
 
-        def chunk(obj: dict[str, Any]) -> None:
-            data = (json.dumps(obj) + "\n").encode()
-            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-            self.wfile.flush()
+    def chunk(self, obj: dict[str, Any]) -> None:
+        data = (json.dumps(obj) + "\n").encode()
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
 
-        first = len(self.calls) == 1
-        for i, it in enumerate(items):
-            if first and i == 1:
-                chunk({"index": i, "id": it["id"], "error": {"status": 503, "detail": "ActorDied"}})
-                continue
-            if first and i == 2:
-                self.wfile.write(b'ff\r\n{"partial')  # the router died mid-line
-                self.wfile.flush()
-                self.close_connection = True
-                return
-            if it["id"] == "bad.mp4":
-                chunk({"index": i, "id": it["id"], "error": {"status": 422, "detail": "no video"}})
-            else:
-                chunk({"index": i, "id": it["id"], "result": {"report": {"crash": True}}})
-        chunk({"summary": {"items": len(items)}})
-        self.wfile.write(b"0\r\n\r\n")
+    def die(self) -> None:
+        self.wfile.write(b'ff\r\n{"partial')  # the router died mid-line
+        self.wfile.flush()
+        self.close_connection = True
 
     def log_message(self, *args: Any) -> None:
         pass
 
 
-@pytest.fixture
-def flaky_url() -> Iterator[str]:
-    _FlakyBatch.calls = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyBatch)
+@contextlib.contextmanager
+def _serving(handler: type[_Batch]) -> Iterator[str]:
+    handler.calls = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -70,51 +61,62 @@ def flaky_url() -> Iterator[str]:
         thread.join(timeout=10)
 
 
-class _DyingRouter(BaseHTTPRequestHandler):
-    """``/v1/batch`` whose router answers ``answers[call]`` items (the last count repeats), the
-    first with ``first_error`` when set, then dies mid-line, or hangs ``hang_s`` when set."""
+class _FlakyBatch(_Batch):
+    """Answers the first request's first item, fails the second with a dead replica, then
+    drops the connection mid-stream; later requests answer everything."""
+
+    def do_POST(self) -> None:
+        items = self.begin()
+        first = len(self.calls) == 1
+        for i, it in enumerate(items):
+            if first and i == 1:
+                self.chunk(
+                    {"index": i, "id": it["id"], "error": {"status": 503, "detail": "ActorDied"}}
+                )
+                continue
+            if first and i == 2:
+                self.die()
+                return
+            if it["id"] == "bad.mp4":
+                self.chunk(
+                    {"index": i, "id": it["id"], "error": {"status": 422, "detail": "no video"}}
+                )
+            else:
+                self.chunk({"index": i, "id": it["id"], "result": {"report": {"crash": True}}})
+        self.chunk({"summary": {"items": len(items)}})
+        self.wfile.write(b"0\r\n\r\n")
+
+
+@pytest.fixture
+def flaky_url() -> Iterator[str]:
+    with _serving(_FlakyBatch) as url:
+        yield url
+
+
+class _DyingRouter(_Batch):
+    """A router that answers ``answers[call]`` items (the last count repeats), the first with
+    ``first_error`` when set, then dies mid-line, or first hangs ``hang_s`` when set."""
 
     answers: ClassVar[list[int]] = [1]
     first_error: ClassVar[dict[str, Any] | None] = None
     hang_s: ClassVar[float] = 0.0
-    calls: ClassVar[list[list[str]]] = []
 
     def do_POST(self) -> None:
-        items = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.calls.append([it["id"] for it in items])
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-ndjson")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
+        items = self.begin()
         n = self.answers[min(len(self.calls), len(self.answers)) - 1]
         for i, it in enumerate(items[:n]):
             body = {"error": self.first_error} if i == 0 and self.first_error else {"result": {}}
-            data = (json.dumps({"index": i, "id": it["id"], **body}) + "\n").encode()
-            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
+            self.chunk({"index": i, "id": it["id"], **body})
         if self.hang_s:
             time.sleep(self.hang_s)  # the client's read times out first
-        self.wfile.write(b'ff\r\n{"partial')  # the router died mid-line
-        self.wfile.flush()
-        self.close_connection = True
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.die()
 
 
 @pytest.fixture
 def dying_router() -> Iterator[tuple[str, type[_DyingRouter]]]:
-    _DyingRouter.calls, _DyingRouter.answers = [], [1]
-    _DyingRouter.first_error, _DyingRouter.hang_s = None, 0.0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _DyingRouter)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", _DyingRouter
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    _DyingRouter.answers, _DyingRouter.first_error, _DyingRouter.hang_s = [1], None, 0.0
+    with _serving(_DyingRouter) as url:
+        yield url, _DyingRouter
 
 
 # Seen in the chaos benchmark's full run: each router kill cost every waiting item a try, so ten
