@@ -272,7 +272,13 @@ def preprocess_under_node_loss(work: Path, clips: int) -> dict[str, Any]:
     data = work / "node-loss-data"
     generate_dataset(data, SynthConfig(videos=clips, seed=5, min_duration=2.5, max_duration=3.0))
     model = work / "model"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    # The GCS marks a dead raylet after `failure_threshold` failed health checks; Ray's default
+    # 3 s period spends about 15 s of the phase noticing. A check of a live raylet fails only
+    # when its RPC is refused or times out (10 s), so a 1 s period does not flap on busy cores.
+    health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 5}
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": health}
+    )
     decode = cluster.add_node(num_cpus=1, resources={"cpu_decode": 4})
     killed = threading.Event()
 

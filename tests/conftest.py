@@ -17,6 +17,10 @@ os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "90")
 # Ray Train's preemption watcher (an actor per training run, 2-3 s of CPU to start) polls for
 # nodes being drained, which never happens to the tests' local clusters.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# Ray Train's controller polls its workers every 2 s: a run's end, a report's checkpoint and a
+# dead worker each wait for the next poll. A poll that does not answer in time is awaited again,
+# not counted as a failure (that takes 10 minutes), so a shorter period cannot flap.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 _EXIT_STATUS = pytest.StashKey[int]()
 

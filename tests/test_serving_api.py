@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 APP = "crashchat"
 TOKEN_ENV = "CRASHCHAT_TEST_SERVE_TOKEN"
 TOKEN = "test-token-123"
+MX_TIMEOUT_S = 8
 MIXTURES = ["crash_recognition", "perception_centric", "linguistic_centric"]
 
 pytestmark = pytest.mark.timeout(900)
@@ -165,6 +166,8 @@ def served(tiny_model_dir: Path, synth_dir: Path, tmp_path_factory) -> Iterator[
         mx.mode = "multiplexed"
         mx.token_env = TOKEN_ENV
         mx.per_checkpoint = {}
+        # Its own router's bound: the hung-decoder test waits for it, not for the main app's.
+        mx.limits.request_timeout_s = MX_TIMEOUT_S
         serve.run(build_application(catalog, mx), name="mx", route_prefix="/mx")
         yield Served(f"http://127.0.0.1:{cfg.port}/", synth_dir / "videos", bad, ckpts)
     finally:
@@ -314,9 +317,19 @@ def test_bad_requests_are_refused_without_touching_replicas(served: Served, tmp_
         (422, lambda: served.by_path(served.bad / "empty_stream.mp4")),
         (422, lambda: served.by_path(served.bad / "zz_abort.mp4")),  # decoder process dies
     ]
+
     # The hung decoder answers 504 only at the request timeout: it waits while the rest run.
+    # It goes to the multiplexed app (same decoder faults, an 8 s bound instead of 20 s).
+    def hang() -> requests.Response:
+        return requests.post(
+            served.url + "mx/v1/analyze",
+            json={"video_path": str(served.bad / "zz_hang.mp4")},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=120,
+        )
+
     with ThreadPoolExecutor(1) as pool:
-        hung = pool.submit(served.by_path, served.bad / "zz_hang.mp4")
+        hung = pool.submit(hang)
         for status, send in [*bad_requests, (504, hung.result)]:
             resp = send()
             assert resp.status_code == status, (status, resp.status_code, resp.text)

@@ -47,6 +47,9 @@ def deployment_options(
         "autoscaling_config": settings.autoscaling.to_serve(),
         "health_check_period_s": 5,
         "graceful_shutdown_timeout_s": 5,
+        # A stopping replica sleeps this long before it first counts its in-flight requests
+        # (Serve's default 2 s): every `serve down`, scale-down and redeploy waits it out.
+        "graceful_shutdown_wait_loop_s": 0.5,
     }
     return opts
 
