@@ -218,7 +218,7 @@ def follow(
     deadline = time.monotonic() + 60
     status = str(client.get_job_status(job_id))
     while status.rsplit(".", 1)[-1] not in TERMINAL and time.monotonic() < deadline:
-        time.sleep(1)
+        time.sleep(0.2)  # the logs end a moment before the status turns final
         status = str(client.get_job_status(job_id))
     return status.rsplit(".", 1)[-1]
 
