@@ -274,7 +274,7 @@ def wait_for_jobs_api(url: str, timeout_s: float = 120.0) -> None:
             return
         except Exception as exc:  # not up yet: connection refused, 500 no agent, ...
             last = str(exc)[:300]
-        time.sleep(1)
+        time.sleep(0.3)
     raise ClusterError(f"the Jobs API at {url} was not ready in {timeout_s:.0f} s: {last}")
 
 

@@ -194,7 +194,7 @@ def submit_job(
         except (ConnectionError, RuntimeError, ValueError) as exc:
             # A head that just started answers before its job agent registers: wait for it.
             if "No available agent" in str(exc) and time.monotonic() < deadline:
-                time.sleep(2)
+                time.sleep(0.5)
                 continue
             raise SubmissionError(f"{address}: {exc}") from None
 
