@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 APP = "crashchat"
 TOKEN_ENV = "CRASHCHAT_TEST_SERVE_TOKEN"
 TOKEN = "test-token-123"
-MX_TIMEOUT_S = 8
+MX_TIMEOUT_S = 10
 MIXTURES = ["crash_recognition", "perception_centric", "linguistic_centric"]
 
 pytestmark = pytest.mark.timeout(900)
@@ -272,6 +272,9 @@ def test_batch_streams_results_and_isolates_bad_items(served: Served) -> None:
 
 def test_bad_requests_are_refused_without_touching_replicas(served: Served, tmp_path: Path) -> None:
     before = settled_pids(("model_crash_recognition", "decoder", "router"))
+    mx = ("router", "decoder", "model_multiplexed")
+    mx_before = {d: replica_pids(d, "mx") for d in mx}  # no request has reached it yet
+    assert all(len(pids) == 1 for pids in mx_before.values()), mx_before
     big = tmp_path / "big.mp4"
     big.write_bytes(os.urandom(3 * 2**20))
     text = tmp_path / "notes.txt"
@@ -319,17 +322,17 @@ def test_bad_requests_are_refused_without_touching_replicas(served: Served, tmp_
     ]
 
     # The hung decoder answers 504 only at the request timeout: it waits while the rest run.
-    # It goes to the multiplexed app (same decoder faults, an 8 s bound instead of 20 s).
-    def hang() -> requests.Response:
+    # It goes to the multiplexed app (same decoder faults, a 10 s bound instead of 20 s).
+    def mx_analyze(clip: Path, **body: Any) -> requests.Response:
         return requests.post(
             served.url + "mx/v1/analyze",
-            json={"video_path": str(served.bad / "zz_hang.mp4")},
+            json={"video_path": str(clip), **body},
             headers={"Authorization": f"Bearer {TOKEN}"},
             timeout=120,
         )
 
     with ThreadPoolExecutor(1) as pool:
-        hung = pool.submit(hang)
+        hung = pool.submit(mx_analyze, served.bad / "zz_hang.mp4")
         for status, send in [*bad_requests, (504, hung.result)]:
             resp = send()
             assert resp.status_code == status, (status, resp.status_code, resp.text)
@@ -339,6 +342,10 @@ def test_bad_requests_are_refused_without_touching_replicas(served: Served, tmp_
             assert ok.status_code == 200 and "answer" in ok.json()["results"]["crash_recognition"]
     after = {d: replica_pids(d) for d in before}
     assert after == before
+    # The app whose decoder hung answers the next request, on the same replicas.
+    ok = mx_analyze(good, tasks=["crash_recognition"])
+    assert ok.status_code == 200 and "answer" in ok.json()["results"]["crash_recognition"]
+    assert {d: replica_pids(d, "mx") for d in mx} == mx_before
 
 
 def test_backpressure_answers_503_with_retry_after(served: Served) -> None:

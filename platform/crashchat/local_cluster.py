@@ -193,33 +193,37 @@ def stop_head(address: str, timeout_s: float = 3.0) -> None:
         timeout_s: How long SIGTERM is given before SIGKILL. Callers shut Serve and their
             drivers down first; what is left are Ray's own daemons. While the GCS answers
             them they exit on SIGTERM in about 0.1 s (a raylet whose GCS was stopped with it
-            took over 4 s); the GCS and the autoscaler monitor do not exit on SIGTERM here
-            (measured: still up after 12 s), so they get SIGKILL once the others are gone.
+            took over 4 s). The GCS does not exit on SIGTERM here (measured: still up after
+            12 s), and the autoscaler monitor's SIGTERM handler reports "the autoscaler
+            failed" to every driver, so both get SIGKILL once the others are gone.
     """
     current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
     with contextlib.suppress(OSError):
         if current.read_text().strip() == address:
             current.unlink()
-    _signal_and_wait(address, signal.SIGTERM, timeout_s, spare=_OUTLIVE_SIGTERM)
+    _signal_and_wait(address, signal.SIGTERM, timeout_s, spare=_SIGKILL_ONLY)
     _signal_and_wait(address, signal.SIGKILL, 10.0)
 
 
-# The head's processes that ignore SIGTERM (see stop_head), told by their command lines.
-_OUTLIVE_SIGTERM = ("ray/gcs/gcs_server", "autoscaler/_private/monitor.py")
+# The head's processes stop_head does not SIGTERM, told by their command lines.
+_SIGKILL_ONLY = ("ray/gcs/gcs_server", "autoscaler/_private/monitor.py")
 
 
 def _signal_and_wait(address: str, sig: int, timeout_s: float, spare: tuple[str, ...] = ()) -> None:
-    """Send ``sig`` to the cluster's processes (but ``spare``); wait up to ``timeout_s`` for them."""
-
-    def targets() -> list[int]:
-        procs = cluster_processes(address)
-        return [pid for pid, cmd in procs.items() if not any(s in cmd for s in spare)]
-
-    for pid in targets():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+    """Send ``sig`` to the cluster's processes (but ``spare``) until they are gone or
+    ``timeout_s`` passes; processes that appear meanwhile (a worker the live GCS had started)
+    get it too."""
+    signalled: set[int] = set()
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and targets():
+    while True:
+        procs = cluster_processes(address)
+        targets = [pid for pid, cmd in procs.items() if not any(s in cmd for s in spare)]
+        if not targets or time.monotonic() >= deadline:
+            return
+        for pid in set(targets) - signalled:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+            signalled.add(pid)
         time.sleep(0.1)
 
 
