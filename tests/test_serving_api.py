@@ -100,6 +100,15 @@ class Served:
             self.url + "v1/analyze", json={"video_path": str(path), **body}, timeout=120
         )
 
+    def mx_by_path(self, path: Path | str, **body: Any) -> requests.Response:
+        """``by_path`` on the multiplexed app, with its token."""
+        return requests.post(
+            self.url + "mx/v1/analyze",
+            json={"video_path": str(path), **body},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=120,
+        )
+
 
 def _zero_frame_mp4(path: Path) -> None:
     import av
@@ -323,16 +332,8 @@ def test_bad_requests_are_refused_without_touching_replicas(served: Served, tmp_
 
     # The hung decoder answers 504 only at the request timeout: it waits while the rest run.
     # It goes to the multiplexed app (same decoder faults, a 10 s bound instead of 20 s).
-    def mx_analyze(clip: Path, **body: Any) -> requests.Response:
-        return requests.post(
-            served.url + "mx/v1/analyze",
-            json={"video_path": str(clip), **body},
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=120,
-        )
-
     with ThreadPoolExecutor(1) as pool:
-        hung = pool.submit(mx_analyze, served.bad / "zz_hang.mp4")
+        hung = pool.submit(served.mx_by_path, served.bad / "zz_hang.mp4")
         for status, send in [*bad_requests, (504, hung.result)]:
             resp = send()
             assert resp.status_code == status, (status, resp.status_code, resp.text)
@@ -343,7 +344,7 @@ def test_bad_requests_are_refused_without_touching_replicas(served: Served, tmp_
     after = {d: replica_pids(d) for d in before}
     assert after == before
     # The app whose decoder hung answers the next request, on the same replicas.
-    ok = mx_analyze(good, tasks=["crash_recognition"])
+    ok = served.mx_by_path(good, tasks=["crash_recognition"])
     assert ok.status_code == 200 and "answer" in ok.json()["results"]["crash_recognition"]
     assert {d: replica_pids(d, "mx") for d in mx} == mx_before
 
@@ -443,15 +444,14 @@ def test_multiplexed_mode_swaps_adapters_and_requires_the_token(served: Served) 
     assert requests.post(url, json=body, timeout=60).status_code == 401
     wrong = {"Authorization": "Bearer wrong"}
     assert requests.post(url, json=body, headers=wrong, timeout=60).status_code == 401
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    mx = requests.post(url, json=body, headers=auth, timeout=120)
+    mx = served.mx_by_path(clip, tasks=body["tasks"])
     assert mx.status_code == 200, mx.text
     replicas = served.by_path(clip, tasks=body["tasks"]).json()
     for task in body["tasks"]:
         # One base model with the adapter swapped in answers as the merged checkpoint does.
         assert mx.json()["results"][task]["answer"] == replicas["results"][task]["answer"], task
         assert mx.json()["results"][task]["checkpoint"] == replicas["results"][task]["checkpoint"]
-    base_mx = requests.post(url, json=body | {"checkpoint": "baseline"}, headers=auth, timeout=120)
+    base_mx = served.mx_by_path(clip, tasks=body["tasks"], checkpoint="baseline")
     base_resp = served.by_path(clip, tasks=body["tasks"], checkpoint="baseline")
     assert base_resp.status_code == 200, base_resp.text
     base = base_resp.json()
