@@ -71,8 +71,8 @@ def _train_config(tmp: Path) -> TrainConfig:
     cfg = load_config(REPO / "jobs/configs/videollama3-7b.yaml", TrainConfig)
     cfg.precision = "fp32"  # bf16 matmuls crawl on this CPU; the widths are what is tested
     cfg.scaling = cfg.scaling.model_validate(
-        {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 1, "data_cpus": 0.5}
-    )
+        {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 2, "data_cpus": 0.5}
+    )  # two threads for the 7B-wide matmuls (a third logical CPU for the data and preprocessing)
     cfg.schedule = cfg.schedule.model_validate(
         {"global_batch_size": 1, "micro_batch_size": 1, "max_steps": 1, "eval_every": 1,
          "save_every": 1, "eval_max_samples": 2}
@@ -101,7 +101,7 @@ def test_7b_widths_import_preprocess_train_and_generate(tmp_path: Path) -> None:
         1152,
     )
 
-    start_local_ray(2)
+    start_local_ray(3)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         data = tmp_path / "preprocessed"
