@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
@@ -23,9 +23,11 @@ from crashchat.scratch import make_scratch
 from crashchat.serving.batching import GreedyBatcher
 from crashchat.serving.clip_inputs import ClipInputs, build_clip_inputs
 from crashchat.serving.cpu_priority import apply_niceness
-from crashchat.serving.generation import AdapterBank, BatchGenerator
 from crashchat.serving.messages import Answer, Failure, Question
 from crashchat.video.decode import decode_spec
+
+if TYPE_CHECKING:  # imported by the model replicas alone: torch is 2 s of a driver's start-up
+    from crashchat.serving.generation import AdapterBank, BatchGenerator
 
 
 class Decoder:
@@ -135,6 +137,7 @@ class CheckpointModel:
 
     def __init__(self, name: str, path: str, cfg_json: dict[str, Any]) -> None:
         from crashchat.models.checkpoint import load_model_or_checkpoint
+        from crashchat.serving.generation import BatchGenerator
 
         cfg = ServeConfig.model_validate(cfg_json)
         settings = cfg.replica(name)
@@ -203,6 +206,8 @@ class MultiplexedModel:
     """The base model once per replica; each request's checkpoint adapter swapped in on demand."""
 
     def __init__(self, base: str, checkpoints: dict[str, str], cfg_json: dict[str, Any]) -> None:
+        from crashchat.serving.generation import AdapterBank, BatchGenerator
+
         cfg = ServeConfig.model_validate(cfg_json)
         settings = cfg.model
         apply_niceness(settings, "multiplexed model")

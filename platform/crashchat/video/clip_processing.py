@@ -53,11 +53,9 @@ def tokenizing_builder(model: str) -> Any:
         if not _template_is_the_jinja_file(root):
             _BUILDERS[key] = input_builder(model)
         else:
-            from transformers import AutoTokenizer
-
             from crashchat.video.model_inputs import InputBuilder
 
-            tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+            tokenizer = _load_tokenizer(root)
             # VideoLlama3Processor's own rule for its video token.
             video_token = (
                 tokenizer.video_token if hasattr(tokenizer, "video_token") else "<|video_pad|>"
@@ -65,6 +63,22 @@ def tokenizing_builder(model: str) -> Any:
             template = (root / "chat_template.jinja").read_text(encoding="utf-8")
             _BUILDERS[key] = InputBuilder.for_tokenizing(tokenizer, template, video_token)
     return _BUILDERS[key]
+
+
+def _load_tokenizer(root: Path) -> Any:
+    """The tokenizer class ``tokenizer_config.json`` names, imported alone.
+
+    ``AutoTokenizer`` finds the same class through transformers' config machinery, which
+    imports torch: 1.4 s more of every data worker's start-up, for nothing it uses.
+    """
+    import transformers
+
+    config = root / "tokenizer_config.json"
+    name = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedTokenizerBase):
+        return cls.from_pretrained(str(root))
+    return transformers.AutoTokenizer.from_pretrained(str(root), trust_remote_code=False)
 
 
 def _template_is_the_jinja_file(root: Path) -> bool:

@@ -33,14 +33,16 @@ import os
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from crashchat.video.model_inputs import IGNORE_INDEX, PixelNorm, to_model_inputs
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the store alone does not need it
+    import torch
 
 SCHEMA_VERSION = 3
 CHANNELS = 3  # RGB: a patch's values are CHANNELS planes of equal size
@@ -369,6 +371,8 @@ def collate_rows(
     rows: list[dict[str, Any]], norm: PixelNorm, pad_token_id: int
 ) -> dict[str, torch.Tensor]:
     """Batch rows: right-pad ids and labels, concatenate the videos' patches in row order."""
+    import torch
+
     singles = [row_to_model_inputs(r, norm) for r in rows]
     length = max(s["input_ids"].shape[1] for s in singles)
     ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
