@@ -104,6 +104,48 @@ def test_catalog_errors_name_the_folder(tmp_path: Path, checkpoints: Path) -> No
         build_catalog_from_dir(damaged)
 
 
+def _versions(app: object) -> dict[str, str]:
+    """Deployment name -> the code version ``serve.run`` would send, over the bound graph."""
+    out: dict[str, str] = {}
+    todo = [app]
+    while todo:
+        node = todo.pop()
+        deployment = node._bound_deployment  # type: ignore[attr-defined]
+        out[deployment.name] = deployment.version
+        for arg in deployment.init_args:  # the router's decoder, and its models' dict
+            values = arg.values() if isinstance(arg, dict) else [arg]
+            todo += [v for v in values if hasattr(v, "_bound_deployment")]
+    return out
+
+
+def test_a_redeploy_restarts_only_the_replicas_whose_inputs_changed(
+    checkpoints: Path, synth_dir: Path, tmp_path: Path
+) -> None:
+    """serve.run would draw a random code version and restart every replica on a redeploy."""
+    import shutil
+
+    from crashchat.serving.builder import build_application
+
+    ckpts = tmp_path / "ckpts"
+    shutil.copytree(checkpoints, ckpts)
+    cfg = load_config(REPO / "serve/tiny.yaml", ServeConfig)
+    build = lambda c: _versions(  # noqa: E731
+        build_application(build_catalog_from_dir(ckpts, prompts=synth_dir / "prompts.json"), c)
+    )
+    first = build(cfg)
+    assert len(first) == 6 and all(first.values())  # router, decoder, three models, baseline
+    assert build(cfg) == first  # nothing changed: every replica stays
+    # A rewritten adapter restarts its model's replicas only.
+    adapter = next((ckpts / "perception_centric").rglob("*.safetensors"))
+    stat = adapter.stat()
+    os.utime(adapter, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    changed = {d for d, v in build(cfg).items() if v != first[d]}
+    assert changed == {"model_perception_centric"}
+    # A setting every replica is built with restarts them all.
+    cfg.max_new_tokens += 1
+    assert not set(build(cfg).items()) & set(first.items())
+
+
 def test_path_checks(tmp_path: Path) -> None:
     root = tmp_path / "videos"
     root.mkdir()

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import yaml
@@ -147,9 +148,17 @@ def test_pipeline_job_succeeds_and_mlflow_holds_its_runs(
     assert resp.status_code == 200, resp.text
     answer = resp.json()["results"]["crash_recognition"]
     assert answer["checkpoint"] == "crash_recognition" and "answer" in answer
-    # The serve job alone redeploys the same app, routing `auto` by the comparison's picks.
+    # The serve job alone redeploys the same app (the pipeline's serve settings, the same
+    # environment), routing `auto` by the comparison's picks: unchanged checkpoints keep their
+    # warm replicas instead of loading their weights again.
+    settings = yaml.safe_load((REPO / "jobs/configs/pipeline-tiny.yaml").read_text())["serve"]
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump({**settings, "port": port}))
+    before = replica_pids()
+    assert set(before) == {"router", "decoder", "model_crash_recognition", "model_baseline"}
     code, result, logs = _submit(
         cluster,
+        "--env",
+        f"MLFLOW_TRACKING_URI=sqlite:///{db}",
         "--checkpoints",
         str(out / "checkpoints"),
         "--base-model",
@@ -157,9 +166,7 @@ def test_pipeline_job_succeeds_and_mlflow_holds_its_runs(
         "--best",
         str(out / "comparison" / "best_checkpoints.json"),
         "--config",
-        str(REPO / "serve/tiny.yaml"),
-        "--set",
-        f"port={port}",
+        str(tmp_path / "serve.yaml"),
         job="serve",
     )
     assert code == 0 and result["status"] == "SUCCEEDED", logs[-4000:]
@@ -167,6 +174,19 @@ def test_pipeline_job_succeeds_and_mlflow_holds_its_runs(
     served = requests.get(url + "v1/checkpoints", timeout=60).json()
     assert served["auto"]["crash_recognition"] == "crash_recognition"
     assert {c["name"] for c in served["checkpoints"]} == {"crash_recognition", "baseline"}
+    kept = {d: pids for d, pids in replica_pids().items() if d != "router"}
+    assert kept == {d: pids for d, pids in before.items() if d != "router"}
+
+
+def replica_pids(app: str = "crashchat") -> dict[str, set[int]]:
+    """PIDs of the running Serve replicas of ``app`` by deployment (Ray titles actor processes)."""
+    out: dict[str, set[int]] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if f"ServeReplica:{app}:" in cmd:
+            name = cmd.split(f"ServeReplica:{app}:")[1].split()[0].split(".")[0]
+            out.setdefault(name, set()).add(int(proc.info["pid"]))
+    return out
 
 
 def test_bad_config_job_fails_with_the_validation_message(

@@ -27,6 +27,7 @@ from crashchat.serving.catalog import (
 )
 from crashchat.serving.deployments import CheckpointModel, Decoder, MultiplexedModel
 from crashchat.serving.requests import check_exposure
+from crashchat.serving.versions import replica_version
 
 APP_IMPORT_PATH = "crashchat.serving.builder:build_app"
 
@@ -54,9 +55,15 @@ def deployment_options(
     return opts
 
 
-def _deployment(cls: type) -> Any:
-    """``serve.deployment`` of a plain class (options are applied by the caller)."""
-    return serve.deployment(cls)
+def _deployment(cls: type, options: dict[str, Any], version: str) -> Any:
+    """``serve.deployment`` of a plain class with its options and code version.
+
+    ``version`` is what Serve compares on a redeploy (see :mod:`crashchat.serving.versions`);
+    ``Deployment.options`` takes it only with ``_internal=True``, which is how Serve's own
+    config deployments set theirs, and those still get the version Serve derives from the file.
+    """
+    deployment: Any = serve.deployment(cls)
+    return deployment.options(**options, version=version, _internal=True)
 
 
 def build_application(catalog: Catalog, cfg: ServeConfig) -> Any:
@@ -69,11 +76,11 @@ def build_application(catalog: Catalog, cfg: ServeConfig) -> Any:
             processor_group(c),
             {"dir": processor_dir(c), "frame_size": model_frame_size(c.base_model)},
         )
-    decoder = (
-        _deployment(Decoder)
-        .options(**deployment_options(cfg.decoder, "decoder", env))
-        .bind(cfg_json, groups)
-    )
+    decoder = _deployment(
+        Decoder,
+        deployment_options(cfg.decoder, "decoder", env),
+        replica_version("decoder", [cfg_json, groups], [g["dir"] for g in groups.values()]),
+    ).bind(cfg_json, groups)
     models: dict[str, Any]
     if cfg.mode == "multiplexed":
         bases = {c.base_model for c in catalog.checkpoints.values()}
@@ -81,24 +88,31 @@ def build_application(catalog: Catalog, cfg: ServeConfig) -> Any:
             raise ValueError(
                 f"multiplexed mode needs one base model; the checkpoints use {sorted(bases)}"
             )
+        base = bases.pop()
         paths = {n: c.path for n, c in catalog.checkpoints.items() if n != BASELINE}
+        version = replica_version("model_multiplexed", [paths, cfg_json], [base, *paths.values()])
         models = {
-            "multiplexed": _deployment(MultiplexedModel)
-            .options(**deployment_options(cfg.model, "model_multiplexed", env))
-            .bind(bases.pop(), paths, cfg_json)
+            "multiplexed": _deployment(
+                MultiplexedModel,
+                deployment_options(cfg.model, "model_multiplexed", env),
+                version,
+            ).bind(base, paths, cfg_json)
         }
     else:
-        models = {
-            name: _deployment(CheckpointModel)
-            .options(**deployment_options(cfg.replica(name), deployment_name(name), env))
-            .bind(name, c.path, cfg_json)
-            for name, c in catalog.checkpoints.items()
-        }
-    return (
-        _deployment(Router)
-        .options(**deployment_options(cfg.router, "router", env))
-        .bind(catalog.to_args(), cfg_json, decoder, models, cfg.mode == "multiplexed")
-    )
+        models = {}
+        for name, c in catalog.checkpoints.items():
+            deployment = deployment_name(name)
+            version = replica_version(deployment, [name, c.path, cfg_json], [c.path, c.base_model])
+            models[name] = _deployment(
+                CheckpointModel, deployment_options(cfg.replica(name), deployment, env), version
+            ).bind(name, c.path, cfg_json)
+    multiplexed = cfg.mode == "multiplexed"
+    router_args = [catalog.to_args(), cfg_json, sorted(models), multiplexed]
+    return _deployment(
+        Router,
+        deployment_options(cfg.router, "router", env),
+        replica_version("router", router_args),
+    ).bind(catalog.to_args(), cfg_json, decoder, models, multiplexed)
 
 
 def build_app(args: dict[str, Any]) -> Any:
