@@ -24,7 +24,7 @@ up`` per ingress; the router admitting 8 analyze requests at once).
 
 Last line: ``chaos_items=N lost=0 duplicates=0 success_rate=S retried=R
 overload_refusal_p99_ms=P rss_growth_pct=G``. ``--quick`` (run by ``make test`` and ``make
-chaos``, with the checks of ``tests/test_chaos.py``; about 3 minutes here) runs one ingress
+chaos``, with the checks of ``tests/test_chaos.py``; about 2.5 minutes here) runs one ingress
 (HAProxy), 20 items, 13 s of kills, 12 clips and 8 s of overload. ``--client threads`` offers
 the overload from 64 threads of ``requests`` instead of one aiohttp event loop (the same figures
 here: the client is not what the refusals wait for).
