@@ -8,7 +8,7 @@ Loopback only, bounded in items and time; on this machine's tiny model:
      ``/v1/batch`` (at least 200 items in the full run: synthetic clips, the three real clips
      when ``../shared`` has them, and a few bad items) sent by the client ``crashchat serve
      batch`` uses, while a chaos loop SIGKILLs a random Serve replica (a model, the decoder, the
-     router) every 3 s for two minutes (13 s in quick mode); once per ingress (Ray Serve's
+     router) every 3 s for two minutes (15 s in quick mode); once per ingress (Ray Serve's
      proxy, its HAProxy). Every item must end with exactly one final line; items hit
      by a kill are resent (they are idempotent).
   2. preprocessing under node loss: a multi-node Ray on this machine (``ray.cluster_utils``),
@@ -25,7 +25,7 @@ up`` per ingress; the router admitting 8 analyze requests at once).
 Last line: ``chaos_items=N lost=0 duplicates=0 success_rate=S retried=R
 overload_refusal_p99_ms=P rss_growth_pct=G``. ``--quick`` (run by ``make test`` and ``make
 chaos``, with the checks of ``tests/test_chaos.py``; about 2.5 minutes here) runs one ingress
-(HAProxy), 20 items, 13 s of kills, 12 clips and 8 s of overload. ``--client threads`` offers
+(HAProxy), 20 items, 15 s of kills, 12 clips and 8 s of overload. ``--client threads`` offers
 the overload from 64 threads of ``requests`` instead of one aiohttp event loop (the same figures
 here: the client is not what the refusals wait for).
 """
@@ -529,7 +529,7 @@ def main() -> None:
             try:
                 url = serve_up(ckpts, roots, ingress, state, ENDPOINT)
                 if "bulk" in phases:
-                    every, seconds = (3.0, 13) if quick else (3.0, 120)
+                    every, seconds = (3.0, 15) if quick else (3.0, 120)
                     bulk = bulk_under_kills(url, ingress, batch, bad, every, seconds)
                     report["bulk"].append(bulk)
                     print(json.dumps({"bulk": bulk}), flush=True)

@@ -157,7 +157,7 @@ def served(tiny_model_dir: Path, synth_dir: Path, tmp_path_factory) -> Iterator[
                     max_replicas=2,
                     target_ongoing_requests=1,
                     upscale_delay_s=1,
-                    downscale_delay_s=4,
+                    downscale_delay_s=2,
                     look_back_period_s=2,
                     metrics_interval_s=0.5,
                 ),

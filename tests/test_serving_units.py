@@ -119,19 +119,22 @@ def _versions(app: object) -> dict[str, str]:
 
 
 def test_a_redeploy_restarts_only_the_replicas_whose_inputs_changed(
-    checkpoints: Path, synth_dir: Path, tmp_path: Path
+    checkpoints: Path, synth_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """serve.run would draw a random code version and restart every replica on a redeploy."""
     import shutil
 
     from crashchat.serving.builder import build_application
 
-    ckpts = tmp_path / "ckpts"
+    ckpts, base = tmp_path / "ckpts", tmp_path / "base"
     shutil.copytree(checkpoints, ckpts)
+    shutil.copytree(tiny_model_dir, base)  # the baseline's own copy of the base model
     cfg = load_config(REPO / "serve/tiny.yaml", ServeConfig)
-    build = lambda c: _versions(  # noqa: E731
-        build_application(build_catalog_from_dir(ckpts, prompts=synth_dir / "prompts.json"), c)
-    )
+
+    def build(c: ServeConfig) -> dict[str, str]:
+        catalog = build_catalog_from_dir(ckpts, base_model=base, prompts=synth_dir / "prompts.json")
+        return _versions(build_application(catalog, c))
+
     first = build(cfg)
     assert len(first) == 6 and all(first.values())  # router, decoder, three models, baseline
     assert build(cfg) == first  # nothing changed: every replica stays
@@ -139,11 +142,25 @@ def test_a_redeploy_restarts_only_the_replicas_whose_inputs_changed(
     adapter = next((ckpts / "perception_centric").rglob("*.safetensors"))
     stat = adapter.stat()
     os.utime(adapter, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    changed = {d for d, v in build(cfg).items() if v != first[d]}
-    assert changed == {"model_perception_centric"}
+    second = build(cfg)
+    assert {d for d, v in second.items() if v != first[d]} == {"model_perception_centric"}
+    # Processor settings decide how the router and decoder prepare a clip, even when the new
+    # file keeps the old one's size and mtime (a copy made with shutil.copy2, cp -a).
+    config = base / "processor_config.json"
+    stat, text = config.stat(), config.read_text()
+    resampled = text.replace('"resample": 3', '"resample": 2', 1)
+    assert len(resampled) == len(text) and resampled != text
+    config.write_text(resampled)
+    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    third = build(cfg)
+    assert {d for d, v in third.items() if v != second[d]} == {
+        "router",
+        "decoder",
+        "model_baseline",
+    }
     # A setting every replica is built with restarts them all.
     cfg.max_new_tokens += 1
-    assert not set(build(cfg).items()) & set(first.items())
+    assert not set(build(cfg).items()) & set(third.items())
 
 
 def test_path_checks(tmp_path: Path) -> None:

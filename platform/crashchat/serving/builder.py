@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from crashchat.serving.catalog import (
 )
 from crashchat.serving.deployments import CheckpointModel, Decoder, MultiplexedModel
 from crashchat.serving.requests import check_exposure
-from crashchat.serving.versions import replica_version
+from crashchat.serving.versions import code_digest, replica_version
 
 APP_IMPORT_PATH = "crashchat.serving.builder:build_app"
 
@@ -59,17 +60,19 @@ def _deployment(cls: type, options: dict[str, Any], version: str) -> Any:
     """``serve.deployment`` of a plain class with its options and code version.
 
     ``version`` is what Serve compares on a redeploy (see :mod:`crashchat.serving.versions`);
-    ``Deployment.options`` takes it only with ``_internal=True``, which is how Serve's own
-    config deployments set theirs, and those still get the version Serve derives from the file.
+    ``Deployment.options`` takes it only with ``_internal=True`` (how Serve's own config
+    deployments set theirs, and those still get the version Serve derives from the file), in a
+    second call so the first still records the options as the user's (``serve build`` keeps them).
     """
     deployment: Any = serve.deployment(cls)
-    return deployment.options(**options, version=version, _internal=True)
+    return deployment.options(**options).options(version=version, _internal=True)
 
 
 def build_application(catalog: Catalog, cfg: ServeConfig) -> Any:
     """The bound Serve application for ``catalog`` under ``cfg``."""
     cfg_json = cfg.model_dump(mode="json")
     env = cfg.replica_env()
+    version = functools.partial(replica_version, code=code_digest())
     groups: dict[str, dict[str, Any]] = {}
     for c in catalog.checkpoints.values():
         groups.setdefault(
@@ -79,7 +82,7 @@ def build_application(catalog: Catalog, cfg: ServeConfig) -> Any:
     decoder = _deployment(
         Decoder,
         deployment_options(cfg.decoder, "decoder", env),
-        replica_version("decoder", [cfg_json, groups], [g["dir"] for g in groups.values()]),
+        version("decoder", [cfg_json, groups], [g["dir"] for g in groups.values()]),
     ).bind(cfg_json, groups)
     models: dict[str, Any]
     if cfg.mode == "multiplexed":
@@ -90,28 +93,30 @@ def build_application(catalog: Catalog, cfg: ServeConfig) -> Any:
             )
         base = bases.pop()
         paths = {n: c.path for n, c in catalog.checkpoints.items() if n != BASELINE}
-        version = replica_version("model_multiplexed", [paths, cfg_json], [base, *paths.values()])
         models = {
             "multiplexed": _deployment(
                 MultiplexedModel,
                 deployment_options(cfg.model, "model_multiplexed", env),
-                version,
+                version("model_multiplexed", [paths, cfg_json], [base, *paths.values()]),
             ).bind(base, paths, cfg_json)
         }
     else:
         models = {}
         for name, c in catalog.checkpoints.items():
             deployment = deployment_name(name)
-            version = replica_version(deployment, [name, c.path, cfg_json], [c.path, c.base_model])
             models[name] = _deployment(
-                CheckpointModel, deployment_options(cfg.replica(name), deployment, env), version
+                CheckpointModel,
+                deployment_options(cfg.replica(name), deployment, env),
+                version(deployment, [name, c.path, cfg_json], [c.path, c.base_model]),
             ).bind(name, c.path, cfg_json)
     multiplexed = cfg.mode == "multiplexed"
-    router_args = [catalog.to_args(), cfg_json, sorted(models), multiplexed]
+    # The router sends each checkpoint's clips to the decoder under its processor group, which
+    # it derives from the processor files: a changed group restarts it with the decoder.
+    by_name = {n: processor_group(c) for n, c in catalog.checkpoints.items()}
     return _deployment(
         Router,
         deployment_options(cfg.router, "router", env),
-        replica_version("router", router_args),
+        version("router", [catalog.to_args(), cfg_json, sorted(models), multiplexed, by_name]),
     ).bind(catalog.to_args(), cfg_json, decoder, models, multiplexed)
 
 
