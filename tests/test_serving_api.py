@@ -59,7 +59,9 @@ def settled_pids(deployments: tuple[str, ...], quiet_s: float = 5.0) -> dict[str
     """Replica PIDs once every deployment is back at one replica and stays so for ``quiet_s``.
 
     Why: an earlier test's load can leave an upscale decided but not yet carried out (or a
-    downscale pending), which would change the PIDs under a test that checks they do not.
+    downscale pending), which would change the PIDs under a test that checks they do not. After
+    a test a short ``quiet_s`` does: a replica its requests crashed is already gone (its PID
+    missing), and an upscale its load left pending is the next test's to wait out.
     """
     deadline = time.monotonic() + 90
     seen: dict[str, set[int]] = {}
@@ -661,7 +663,7 @@ def test_openai_client_refusals_name_the_field(served: Served, tmp_path: Path) -
         body = err.value.body
         assert isinstance(body, dict) and words in body["message"], body
         assert body["type"] and "param" in body and "code" in body
-    assert settled_pids(("router", "decoder", "model_baseline")) == before
+    assert settled_pids(("router", "decoder", "model_baseline"), quiet_s=1.0) == before
 
 
 # -- API fuzzing --------------------------------------------------------------------------------
@@ -697,7 +699,7 @@ def test_api_fuzzing_finds_no_server_error(served: Served) -> None:
     sent.update(json.loads(lines[-1]))
     assert sum(sent.values()) >= 1000, sent
     assert {"/v1/analyze", "/v1/batch", "/v1/chat/completions", "/v1/checkpoints"} <= set(sent)
-    assert settled_pids(("router", "decoder", "model_baseline")) == before
+    assert settled_pids(("router", "decoder", "model_baseline"), quiet_s=1.0) == before
 
 
 def test_a_body_that_is_not_utf8_is_a_422_not_a_500(served: Served) -> None:
