@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -99,3 +100,41 @@ def test_several_evaluations_are_named_for_their_output_folders() -> None:
     ]
     with pytest.raises(ValueError, match="NAME=REF"):
         evaluation_names(["a/model", "b/model"])
+
+
+class _SlowRayJobs:
+    """A Jobs API client whose log stream, like Ray's, goes quiet and never notices the end."""
+
+    def __init__(self, polls_until_done: int, final: str = "FAILED") -> None:
+        self.log = "line 1\nline 2\nerror: the last words\n"
+        self.polls, self.final, self.stopped = polls_until_done, final, False
+
+    async def tail_job_logs(self, job_id: str):  # type: ignore[no-untyped-def]
+        yield "line 1\n"
+        await asyncio.Event().wait()  # the rest is never streamed
+        yield ""  # pragma: no cover
+
+    def get_job_status(self, job_id: str) -> str:
+        self.polls -= 1
+        return f"JobStatus.{self.final if self.polls <= 0 or self.stopped else 'RUNNING'}"
+
+    def get_job_logs(self, job_id: str) -> str:
+        return self.log
+
+    def stop_job(self, job_id: str) -> None:
+        self.final, self.stopped = "STOPPED", True
+
+
+@pytest.mark.timeout(60)
+def test_following_a_job_ends_with_its_status_and_every_log_line_once() -> None:
+    from crashchat.submission import follow
+
+    written: list[str] = []
+    client = _SlowRayJobs(polls_until_done=3)
+    assert follow(client, "job", written.append) == "FAILED"
+    assert "".join(written) == client.log
+    # Past the timeout the job is stopped, and what it logged is still all written once.
+    written.clear()
+    client = _SlowRayJobs(polls_until_done=10**6)
+    assert follow(client, "job", written.append, timeout_s=0.5) == "STOPPED"
+    assert client.stopped and "".join(written) == client.log

@@ -205,22 +205,54 @@ def follow(
     write: Callable[[str], Any] = sys.stdout.write,
     timeout_s: float | None = None,
 ) -> str:
-    """Stream the job's logs to ``write`` until it ends; returns its final status."""
+    """Stream the job's logs to ``write`` until it ends; returns its final status.
+
+    Ray's log stream notices a job's end seconds late (it sleeps a second at each end of the
+    file, then checks the status, then reads once more), so the status is polled beside it:
+    once final, the stream stops and the rest of the log is read in one piece. Past
+    ``timeout_s`` the job is stopped.
+    """
+    sent = 0
 
     async def tail() -> None:
+        nonlocal sent
         async for lines in client.tail_job_logs(job_id):
             write(lines)
+            sent += len(lines)
 
-    try:
-        asyncio.run(asyncio.wait_for(tail(), timeout_s) if timeout_s else tail())
-    except TimeoutError:
+    async def ended() -> None:
+        while _status(await asyncio.to_thread(client.get_job_status, job_id)) not in TERMINAL:
+            await asyncio.sleep(0.2)
+
+    async def watch() -> bool:
+        """Whether the job ended (else the timeout passed)."""
+        tasks = {asyncio.ensure_future(tail()), asyncio.ensure_future(ended())}
+        done, pending = await asyncio.wait(
+            tasks, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task in done:
+            task.result()  # a failure of the stream or the status query surfaces here
+        return bool(done)
+
+    if not asyncio.run(watch()):
         client.stop_job(job_id)
     deadline = time.monotonic() + 60
-    status = str(client.get_job_status(job_id))
-    while status.rsplit(".", 1)[-1] not in TERMINAL and time.monotonic() < deadline:
-        time.sleep(0.2)  # the logs end a moment before the status turns final
-        status = str(client.get_job_status(job_id))
-    return status.rsplit(".", 1)[-1]
+    status = _status(client.get_job_status(job_id))
+    while status not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = _status(client.get_job_status(job_id))
+    rest = str(client.get_job_logs(job_id))[sent:]
+    if rest:
+        write(rest)
+    return status
+
+
+def _status(status: Any) -> str:
+    """``JobStatus.SUCCEEDED`` (or its string) as ``SUCCEEDED``."""
+    return str(status).rsplit(".", 1)[-1]
 
 
 def exit_code(status: str) -> int:
