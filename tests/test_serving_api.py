@@ -394,7 +394,7 @@ def test_a_killed_replica_is_replaced_and_requests_keep_succeeding(served: Serve
         new = replica_pids(deployment)
         if new and not (new & old) and running_replicas(deployment) >= 1:
             break
-        time.sleep(1)
+        time.sleep(0.5)
     time.sleep(5)
     stop.set()
     for t in threads:
@@ -426,7 +426,7 @@ def test_autoscaling_up_under_load_and_down_after(served: Served) -> None:
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and peak < 2:
-            time.sleep(1)
+            time.sleep(0.5)
             peak = max(peak, running_replicas(deployment))
     finally:
         stop.set()
@@ -435,7 +435,7 @@ def test_autoscaling_up_under_load_and_down_after(served: Served) -> None:
     assert peak == 2
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and running_replicas(deployment) > 1:
-        time.sleep(1)
+        time.sleep(0.5)
     assert running_replicas(deployment) == 1
 
 
