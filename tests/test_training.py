@@ -29,6 +29,7 @@ from crashchat.data.tasks import get_mixture
 from crashchat.evaluation.runner import EvalInputs, run_evaluation
 from crashchat.local_cluster import cluster_processes
 from crashchat.models.checkpoint import load_checkpoint, verify_checkpoint
+from crashchat.scratch import sweep_scratch
 from crashchat.training.runner import ResourceError, TrainInputs, check_resources, run_training
 from crashchat.video.pipeline import PreprocessInputs, run_preprocess
 from mlflow_server import MlflowServer
@@ -322,6 +323,8 @@ def test_dead_tracking_server_and_killed_worker_lose_nothing(
         pending = out / "tracking_pending.json"
         assert pending.is_file()
         verify_checkpoint(out / MIXTURE)
+        # Had the kill landed mid-save, the restarted worker's first save removed what was left.
+        assert sweep_scratch("ckpt") == []
 
         server.start()  # back up, same store
         done = subprocess.run(

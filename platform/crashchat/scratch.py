@@ -25,7 +25,7 @@ def sweep_scratch(kind: str, root: str | Path | None = None) -> list[Path]:
     """Remove ``kind`` scratch folders whose owning process is gone; returns what was removed.
 
     Args:
-        kind: The scratch kind (``best``, ``uploads``).
+        kind: The scratch kind (``best``, ``ckpt``, ``uploads``).
         root: Where the folders are (the temporary directory by default).
     """
     import psutil

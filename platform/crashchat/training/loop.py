@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -491,7 +490,9 @@ class Worker:
 
     def _save(self, final: bool = False) -> None:
         state = self.state
-        with tempfile.TemporaryDirectory(prefix="crashchat-ckpt-") as tmp:
+        # A worker killed mid-save (a lost node, Ray Train stopping the group) leaves its folder,
+        # DeepSpeed's optimizer shards included: the next save on the machine removes it.
+        with make_scratch("ckpt") as tmp:
             root = Path(tmp)
             self.engine.save_checkpoint(
                 str(root / DS_DIR), tag=DS_TAG, exclude_frozen_parameters=True
