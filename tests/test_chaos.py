@@ -1,7 +1,7 @@
 """The chaos benchmark's quick mode (``benchmarks/chaos.py --quick``): processes die, nothing is lost.
 
 One run, three phases: a ``/v1/batch`` while Serve replicas are SIGKILLed, preprocessing while
-the decode node's raylet is killed, and three times the capacity (about 2.5 minutes here; part of
+the decode node's raylet is killed, and three times the capacity (about 2 minutes here; part of
 ``make test``). The figures are checked here; the full run's are in the README's Reliability
 section.
 """
