@@ -550,7 +550,11 @@ def main() -> None:
                 if beside and n == 0:
                     with ThreadPoolExecutor(1) as pool:
                         endpoint = pool.submit(up_and_bulk, ingress, state)
-                        node_loss()
+                        try:
+                            node_loss()
+                        except BaseException:
+                            endpoint.exception()  # the endpoint's state first, for serve_down
+                            raise
                         url = endpoint.result()
                 else:
                     url = up_and_bulk(ingress, state)

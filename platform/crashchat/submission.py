@@ -14,9 +14,11 @@ that already has the platform installed, ``ship=False`` sends nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -208,46 +210,102 @@ def follow(
     """Stream the job's logs to ``write`` until it ends; returns its final status.
 
     Ray's log stream notices a job's end seconds late (it sleeps a second at each end of the
-    file, then checks the status, then reads once more), so the status is polled beside it:
-    once final, the stream stops and the rest of the log is read in one piece. Past
-    ``timeout_s`` the job is stopped.
+    file, then checks the status, then reads once more), so the status is polled beside it
+    (a failed or slow poll is retried, never fatal): once final, the stream stops and the rest
+    of the log is read in one piece. Past ``timeout_s`` (None or 0: no limit) the job is
+    stopped.
     """
-    sent = 0
+    streamed = _Streamed()
 
     async def tail() -> None:
-        nonlocal sent
         async for lines in client.tail_job_logs(job_id):
             write(lines)
-            sent += len(lines)
+            streamed.add(lines)
 
     async def ended() -> None:
-        while _status(await asyncio.to_thread(client.get_job_status, job_id)) not in TERMINAL:
-            await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        while True:
+            # A daemon thread per poll: a request that never returns cannot hold up the exit.
+            answer = loop.create_future()
+            threading.Thread(
+                target=_poll_status, args=(client, job_id, loop, answer), daemon=True
+            ).start()
+            with contextlib.suppress(Exception):
+                if await asyncio.wait_for(answer, 30) in TERMINAL:
+                    return
+            await asyncio.sleep(0.5)
 
-    async def watch() -> bool:
-        """Whether the job ended (else the timeout passed)."""
-        tasks = {asyncio.ensure_future(tail()), asyncio.ensure_future(ended())}
-        done, pending = await asyncio.wait(
-            tasks, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+    async def watch() -> tuple[bool, bool]:
+        """(whether the job ended, whether the stream was cut short)."""
+        streaming, polling = asyncio.ensure_future(tail()), asyncio.ensure_future(ended())
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        remaining = lambda: None if deadline is None else max(0.0, deadline - time.monotonic())  # noqa: E731
+        await asyncio.wait(
+            {streaming, polling}, timeout=remaining(), return_when=asyncio.FIRST_COMPLETED
         )
-        for task in pending:
+        if streaming.done() and not polling.done():
+            # The stream closed first (normally just after the end): the status decides.
+            await asyncio.wait({polling}, timeout=remaining())
+        cut = not streaming.done()
+        for task in (streaming, polling):
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        for task in done:
-            task.result()  # a failure of the stream or the status query surfaces here
-        return bool(done)
+        await asyncio.gather(streaming, polling, return_exceptions=True)
+        return polling.done() and not polling.cancelled(), cut
 
-    if not asyncio.run(watch()):
+    finished, cut = asyncio.run(watch())
+    if not finished:
         client.stop_job(job_id)
     deadline = time.monotonic() + 60
     status = _status(client.get_job_status(job_id))
     while status not in TERMINAL and time.monotonic() < deadline:
         time.sleep(0.2)
         status = _status(client.get_job_status(job_id))
-    rest = str(client.get_job_logs(job_id))[sent:]
-    if rest:
-        write(rest)
+    if cut:
+        try:
+            write(streamed.rest(str(client.get_job_logs(job_id))))
+        except Exception as exc:  # the job's outcome matters more than its last lines
+            write(f"(the end of the job's log could not be read: {exc})\n")
     return status
+
+
+def _poll_status(client: Any, job_id: str, loop: Any, answer: Any) -> None:
+    """The job's status (or the error getting it) into ``answer``, from another thread."""
+    try:
+        result: Any = _status(client.get_job_status(job_id))
+    except Exception as exc:
+        result = exc
+    setter = answer.set_exception if isinstance(result, Exception) else answer.set_result
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+        loop.call_soon_threadsafe(lambda: answer.done() or setter(result))
+
+
+class _Streamed:
+    """How much of a job's log was streamed, and its last piece, to find where the rest starts."""
+
+    def __init__(self) -> None:
+        self.count, self.last = 0, ""
+
+    def add(self, text: str) -> None:
+        self.count += len(text)
+        self.last = (self.last + text)[-4096:]
+
+    def rest(self, full: str) -> str:
+        """What ``full`` (the whole log) holds after the streamed part.
+
+        Normally the stream is a prefix of the log. Where it is not (Ray's tail can split a
+        ``\\r\\n`` into two newlines), the rest starts after the streamed part's last line,
+        looked for where the stream ended.
+        """
+        if full[: self.count].endswith(self.last):
+            return full[self.count :]
+        lines = [line for line in self.last.splitlines() if line.strip()]
+        if not lines:
+            return full[self.count :]
+        at = full.find(lines[-1], max(0, self.count - len(self.last) - 64))
+        if at < 0:
+            return ""
+        end = at + len(lines[-1])
+        return full[end + 1 :] if full[end : end + 1] == "\n" else full[end:]
 
 
 def _status(status: Any) -> str:
