@@ -313,7 +313,7 @@ def test_dead_tracking_server_and_killed_worker_lose_nothing(
         # land in a save, so one is made by a process that exits without cleaning up).
         left = subprocess.run(
             [sys.executable, "-c", "import os; from crashchat.scratch import make_scratch; "
-             "print(make_scratch('ckpt').name, flush=True); os._exit(0)"],
+             "d = make_scratch('ckpt'); print(d.name, flush=True); os._exit(0)"],
             capture_output=True, text=True, timeout=60, check=True,
         ).stdout.strip()  # fmt: skip
         assert Path(left).is_dir()
