@@ -94,17 +94,11 @@ def build(work: Path, clips: int) -> tuple[Path, Path, Path]:
 
 
 # -- processes ----------------------------------------------------------------------------------
-def replicas() -> dict[str, list[int]]:
-    """PIDs of the live Serve replicas by deployment (Ray titles actor processes)."""
-    import psutil
+def replicas() -> dict[str, set[int]]:
+    """PIDs of the live Serve replicas by deployment (of any cluster on this machine)."""
+    from crashchat.local_cluster import serve_replicas
 
-    out: dict[str, list[int]] = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if f"ServeReplica:{APP}:" in cmd and "defunct" not in cmd:
-            name = cmd.split(f"ServeReplica:{APP}:")[1].split()[0].split(".")[0]
-            out.setdefault(name, []).append(int(proc.info["pid"]))
-    return out
+    return serve_replicas(APP)
 
 
 def replica_rss() -> dict[str, int]:
@@ -138,7 +132,7 @@ class Chaos(threading.Thread):
             live = replicas()
             for name, pids in live.items():
                 self.seen.setdefault(name, set()).update(pids)
-            targets = [(n, p) for n in VICTIMS for p in live.get(n, [])]
+            targets = [(n, p) for n in VICTIMS for p in sorted(live.get(n, ()))]
             if not targets:
                 continue
             name, pid = self.rng.choice(targets)

@@ -24,7 +24,7 @@ from ray import serve
 
 from conftest import REAL_CLIPS, needs_shared, start_local_ray
 from crashchat.config import AutoscalingSettings, ReplicaSettings, ServeConfig, load_config
-from crashchat.local_cluster import cluster_processes, free_port
+from crashchat.local_cluster import free_port, serve_replicas
 from crashchat.serving.builder import build_application
 from crashchat.serving.catalog import build_catalog_from_dir
 from helpers import make_checkpoints
@@ -45,9 +45,7 @@ def replica_pids(deployment: str, app: str = APP) -> set[int]:
     Only this module's Ray counts: another Ray on the machine (a demo left serving with
     ``DEMO_KEEP_SERVING=1``, a second test run) may serve an app of the same name.
     """
-    title = f"ServeReplica:{app}:{deployment}"
-    ours = cluster_processes(ray.get_runtime_context().gcs_address)
-    return {pid for pid, cmd in ours.items() if title in cmd and "defunct" not in cmd}
+    return serve_replicas(app, ray.get_runtime_context().gcs_address).get(deployment, set())
 
 
 def running_replicas(deployment: str, app: str = APP) -> int:

@@ -15,7 +15,7 @@ import requests
 import yaml
 from mlflow.tracking import MlflowClient
 
-from crashchat.local_cluster import cluster_processes, free_port, head_processes
+from crashchat.local_cluster import free_port, head_processes, serve_replicas
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "crashchat.cli"]
@@ -152,7 +152,7 @@ def test_pipeline_job_succeeds_and_mlflow_holds_its_runs(
     # warm replicas instead of loading their weights again.
     settings = yaml.safe_load((REPO / "jobs/configs/pipeline-tiny.yaml").read_text())["serve"]
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump({**settings, "port": port}))
-    before = replica_pids(cluster)
+    before = serve_replicas("crashchat", cluster.address)
     assert set(before) == {"router", "decoder", "model_crash_recognition", "model_baseline"}
     code, result, logs = _submit(
         cluster,
@@ -173,19 +173,10 @@ def test_pipeline_job_succeeds_and_mlflow_holds_its_runs(
     served = requests.get(url + "v1/checkpoints", timeout=60).json()
     assert served["auto"]["crash_recognition"] == "crash_recognition"
     assert {c["name"] for c in served["checkpoints"]} == {"crash_recognition", "baseline"}
-    kept = {d: pids for d, pids in replica_pids(cluster).items() if d != "router"}
+    kept = {
+        d: pids for d, pids in serve_replicas("crashchat", cluster.address).items() if d != "router"
+    }
     assert kept == {d: pids for d, pids in before.items() if d != "router"}
-
-
-def replica_pids(cluster: Cluster, app: str = "crashchat") -> dict[str, set[int]]:
-    """PIDs of the running Serve replicas of ``app`` on ``cluster``, by deployment (Ray titles
-    actor processes)."""
-    out: dict[str, set[int]] = {}
-    for pid, cmd in cluster_processes(cluster.address).items():
-        if f"ServeReplica:{app}:" in cmd:
-            name = cmd.split(f"ServeReplica:{app}:")[1].split()[0].split(".")[0]
-            out.setdefault(name, set()).add(pid)
-    return out
 
 
 def test_bad_config_job_fails_with_the_validation_message(

@@ -182,6 +182,22 @@ def head_processes(address: str) -> list[int]:
     return list(cluster_processes(address))
 
 
+def serve_replicas(app: str, address: str | None = None) -> dict[str, set[int]]:
+    """PIDs of the live Serve replicas of ``app`` by deployment, told by Ray's process titles
+    (``ray::ServeReplica:<app>:<deployment>``): of the local cluster at ``address``, or of every
+    cluster on the machine when it is None."""
+    if address:
+        procs = cluster_processes(address)
+    else:
+        procs = {pid: cmd for pid, (_, cmd) in _processes().items()}
+    title = f"ServeReplica:{app}:"
+    out: dict[str, set[int]] = {}
+    for pid, cmd in procs.items():
+        if title in cmd:  # a zombie's command line is empty
+            out.setdefault(cmd.split(title, 1)[1].split()[0].split(".")[0], set()).add(pid)
+    return out
+
+
 def stop_head(address: str, timeout_s: float = 3.0) -> None:
     """Terminate the local Ray cluster at ``address`` (SIGTERM, then SIGKILL).
 

@@ -25,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from crashchat.models.checkpoint import sha256_file
+
 # Files up to this size are digested by content (configs, manifests, processor settings); a copy
 # that keeps sizes and mtimes (cp -a, shutil.copy2) still shows its new content there.
 _SMALL_FILE = 256 * 1024
@@ -65,7 +67,7 @@ def folder_fingerprint(folder: str) -> list[Any]:
             stat = path.stat()
             entry = [str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns]
             if stat.st_size <= _SMALL_FILE:
-                entry.append(hashlib.sha256(path.read_bytes()).hexdigest())
+                entry.append(sha256_file(path))
             out.append(entry)
     return out
 
